@@ -1,0 +1,367 @@
+"""Redis broker and data store (``redis://``, ``rediss://``, ``unix://``; Redis 6.2+).
+
+Every key of a namespace ``ns`` starts with the hash tag ``{ns}:``, so one
+namespace lives in one cluster slot and its Lua scripts are legal on Redis
+Cluster; several apps sharing a server never see each other's keys.  The key
+layout and the scripts are documented in docs/protocol.md.
+
+Messages taken are leased (a zset of lease expiries per queue); ``fetch``
+blocks on per-queue wake lists with ``BLPOP`` for at most the time to the
+next delayed message or lease expiry, so nothing is polled.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from typing import Any, AsyncIterator, Iterator, Sequence, TypeVar
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+
+from ..exceptions import BrokerError, ImproperlyConfigured
+from . import redis_scripts as lua
+from .base import DeadLetter, Delivery, Envelope, MessageBroker, QueueSize
+from .redis_events import BACKOFF_CAP, BACKOFF_START, UNREACHABLE, EventHub, NotingRetry, Outage
+from .redis_store import RedisDataStore
+
+logger = logging.getLogger("pq.brokers.redis")
+
+MIN_VERSION = (6, 2)
+RETRIES = 8
+"""redis-py's own retries of a command (with jittered backoff up to 2 s) before pq sees an error."""
+T = TypeVar("T")
+
+
+MAX_CONNECTIONS = 64
+
+
+class RedisStore(MessageBroker, RedisDataStore):
+    """Message broker and data store on one Redis server (or one cluster slot).
+
+    ``options`` go to ``redis.asyncio.BlockingConnectionPool.from_url`` (``max_connections``, default 64,
+    ``socket_timeout``, TLS settings...), except ``retries``: how many times
+    redis-py retries a command on a lost connection (default 8).
+    """
+
+    scheme = "redis"
+
+    def __init__(self, url: str, namespace: str = "pq", **options: Any) -> None:
+        super().__init__(url, namespace, **options)
+        if not namespace or "{" in namespace or "}" in namespace:
+            raise ImproperlyConfigured(
+                f"namespace {namespace!r} cannot be a Redis hash tag; use a name without braces"
+            )
+        self.prefix = f"{{{namespace}}}:"
+        self.channel = self.prefix + "events:"  # + pq channel: one Redis channel each
+        self._queues_key = self.prefix + "queues"
+        self._client: Redis | None = None
+        self._closed = False
+        self._blocked: set[asyncio.Future] = set()
+        self._max_block = 30.0
+        self._outage = Outage(self.safe_url)
+        self._events = EventHub(lambda: self.redis, self.channel, self._outage, confirm_timeout=5.0)
+
+    # connection -----------------------------------------------------------
+    @property
+    def redis(self) -> Redis:
+        """The redis-py client, created on first use."""
+        if self._client is None:
+            options = dict(self.options)
+            backoff = ExponentialWithJitterBackoff(BACKOFF_START, BACKOFF_CAP)
+            settings: dict[str, Any] = {
+                "socket_connect_timeout": 5,
+                "socket_timeout": 10,
+                "health_check_interval": 15,
+                "retry": NotingRetry(self._outage, backoff, options.pop("retries", RETRIES)),
+            }
+            if not self.url.lower().startswith("unix:"):
+                settings["socket_keepalive"] = True
+            # A bounded pool whose callers wait for a free connection: a burst of
+            # concurrent calls queues up instead of failing with "Too many connections".
+            settings["max_connections"] = MAX_CONNECTIONS
+            pool = BlockingConnectionPool.from_url(self.url, **{**settings, **options})
+            self._client = Redis.from_pool(pool)
+            socket_timeout = self._client.connection_pool.connection_kwargs.get("socket_timeout")
+            if socket_timeout:
+                self._max_block = max(0.05, min(30.0, socket_timeout * 0.8))
+        return self._client
+
+    @contextlib.contextmanager
+    def _io(self, what: str) -> Iterator[None]:
+        """Around every round trip: redis-py errors become BrokerError, outages are noted once."""
+        try:
+            yield
+        except UNREACHABLE as exc:
+            self._outage.failed(exc)
+            raise BrokerError(
+                f"Redis at {self.safe_url} is unreachable ({exc}); check that redis-server is "
+                "running and reachable, pq keeps retrying"
+            ) from exc
+        except RedisError as exc:
+            raise BrokerError(f"Redis at {self.safe_url} refused {what}: {exc}") from exc
+        self._outage.ok()
+
+    async def connect(self) -> None:
+        self._closed = False
+        with self._io("INFO"):
+            info = await self.redis.info("server")
+        version = tuple(int(part) for part in str(info.get("redis_version", "0")).split(".")[:2])
+        if version < MIN_VERSION:
+            raise ImproperlyConfigured(
+                f"Redis at {self.safe_url} is version {info.get('redis_version')}; "
+                "pq needs 6.2 or later"
+            )
+
+    async def drop(self) -> None:
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "*"
+        with self._io("drop"):
+            async for keys in _batched(self.redis.scan_iter(match=pattern, count=1000)):
+                await self.redis.unlink(*keys)
+
+    async def close(self) -> None:
+        """Also ends fetches blocked in this store: they return []."""
+        self._closed = True
+        for pop in self._blocked:
+            pop.cancel()
+        await self._events.close()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # broker -----------------------------------------------------------------
+    async def enqueue(self, envelopes: Sequence[Envelope]) -> None:
+        """One script call per 500 messages, all pipelined in one round trip."""
+        calls = self._enqueue_calls(envelopes)
+        if calls:
+            with self._io("enqueue"):
+                await lua.ENQUEUE.many(self.redis, [self._queues_key], calls)
+
+    def _enqueue_calls(self, envelopes: Sequence[Envelope]) -> list[list[Any]]:
+        calls = []
+        for chunk in _chunks(envelopes, lua.BATCH // 2):
+            args: list[Any] = [self.prefix]
+            for env in chunk:
+                eta = "" if env.eta is None else repr(env.eta * 1000)
+                args += (env.id, env.queue, eta, env.body)
+            calls.append(args)
+        return calls
+
+    async def task_events(
+        self, items: Sequence[tuple[str, bytes, float | None, str]], envelopes: Sequence[Envelope] = ()
+    ) -> None:
+        """Records and events, then the messages, in one ordered round trip: a consumer never
+        takes a message before its record is written."""
+        if not envelopes:
+            return await super().task_events(items)
+        calls = self._enqueue_calls(envelopes)
+        with self._io("enqueue"):
+            pipe = self.redis.pipeline(transaction=False)
+            self._pipe_events(pipe, items)
+            for args in calls:
+                pipe.evalsha(lua.ENQUEUE.sha, 1, self._queues_key, *args)
+            results = await pipe.execute(raise_on_error=False)
+            scripts = results[len(results) - len(calls):]
+            failed = [args for args, result in zip(calls, scripts) if isinstance(result, Exception)]
+            if failed:  # the server lost its scripts (a restart): load and run those again
+                await lua.ENQUEUE.many(self.redis, [self._queues_key], failed)
+            errors = [result for result in results[:len(results) - len(calls)] if isinstance(result, Exception)]
+            if errors:
+                raise errors[0]
+
+    async def fetch(
+        self, queues: Sequence[str], count: int, timeout: float, lease: float, consumer: str
+    ) -> list[Delivery]:
+        """Claim up to ``count`` in one script call; when none is ready, BLPOP the wake lists.
+
+        The block lasts at most until the next delayed message or lease is
+        due, so those become ready without polling.  A lost server is
+        retried with backoff until ``timeout``: a consumer never sees it fail.
+        """
+        if not queues or count <= 0:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        args = [self.prefix, count, lua.ms(lease), *queues]
+        wake_keys = [f"{self.prefix}wake:{queue}" for queue in queues]
+        backoff = BACKOFF_START
+        while not self._closed:
+            try:
+                reply = await lua.FETCH(self.redis, [self._queues_key], args)
+                self._outage.ok()
+                backoff = BACKOFF_START
+                wait = deadline - loop.time()
+                if len(reply) > 1 or wait <= 0:
+                    return _deliveries(reply)
+                if reply[0] >= 0:
+                    wait = min(wait, reply[0] / 1000)
+                if wait > 0:
+                    await self._block(wake_keys, min(wait, self._max_block))
+            except UNREACHABLE as exc:
+                if self._closed:
+                    break
+                self._outage.failed(exc)
+                wait = deadline - loop.time()
+                if wait <= 0:
+                    return []
+                await asyncio.sleep(min(backoff, wait))
+                backoff = min(backoff * 2, BACKOFF_CAP)
+            except RedisError as exc:
+                raise BrokerError(f"Redis at {self.safe_url} refused fetch: {exc}") from exc
+        return []
+
+    async def _block(self, keys: list[str], seconds: float) -> None:
+        """BLPOP ``keys`` for ``seconds``, timed here: Redis ends blocks on its cron tick (100 ms).
+
+        The server's own timeout, a second later, only frees it if this
+        client vanished; when the client timer fires first redis-py drops
+        the connection, which costs a reconnect, not a message.  ``close``
+        cancels the BLPOP.
+        """
+        pop = asyncio.ensure_future(self.redis.blpop(keys, timeout=math.ceil(seconds) + 1))
+        self._blocked.add(pop)
+        try:
+            await asyncio.wait({pop}, timeout=seconds)
+        finally:
+            self._blocked.discard(pop)
+            if not pop.done():
+                pop.cancel()
+                await asyncio.gather(pop, return_exceptions=True)
+        if not pop.cancelled() and pop.exception() is not None:
+            raise pop.exception()
+
+    async def renew(self, deliveries: Sequence[Delivery], lease: float) -> None:
+        if deliveries:
+            ms = lua.ms(lease)
+            calls = [[self.prefix, queue, ms, *pairs] for queue, pairs in _by_queue(deliveries)]
+            with self._io("renew"):
+                await lua.RENEW.many(self.redis, [self._queues_key], calls)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """One script call per queue and 1000 messages, all in one round trip."""
+        if deliveries:
+            calls = [[self.prefix, queue, *pairs] for queue, pairs in _by_queue(deliveries)]
+            with self._io("ack"):
+                await lua.ACK.many(self.redis, [self._queues_key], calls)
+
+    async def requeue(
+        self, delivery: Delivery, body: bytes | None = None, delay: float = 0.0
+    ) -> None:
+        ms = lua.ms(delay) if delay > 0 else 0
+        args = [self.prefix, delivery.queue, delivery.id, _token(delivery), ms]
+        with self._io("requeue"):
+            done = await lua.REQUEUE(self.redis, [self._queues_key], args + _optional(body))
+        if not done:
+            logger.info("lease of %s was lost before its requeue; it runs again", delivery.id)
+
+    async def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
+        args = [self.prefix, delivery.queue, delivery.id, _token(delivery), reason]
+        with self._io("dead_letter"):
+            done = await lua.DEAD_LETTER(self.redis, [self._queues_key], args + _optional(body))
+        if not done:
+            logger.info("lease of %s was lost before dead-lettering; it runs again", delivery.id)
+
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        with self._io("dead_letters"):
+            args = [self.prefix, limit, queue or ""]
+            reply = await lua.DEAD_LETTERS(self.redis, [self._queues_key], args)
+        return [
+            DeadLetter(
+                id=reply[i].decode(), queue=reply[i + 1].decode(), body=reply[i + 2],
+                reason=reply[i + 3].decode(errors="replace"), time=float(reply[i + 4]) / 1000,
+            )
+            for i in range(0, len(reply), 5)
+        ]
+
+    async def retry_dead_letters(self, ids: Sequence[str] | None = None) -> int:
+        return await self._each_dead(lua.RETRY_DEAD, ids)
+
+    async def purge_dead_letters(self, ids: Sequence[str] | None = None) -> int:
+        return await self._each_dead(lua.PURGE_DEAD, ids)
+
+    async def _each_dead(self, script: lua.Script, ids: Sequence[str] | None) -> int:
+        keys = [self._queues_key]
+        if ids is not None:
+            calls = [[self.prefix, "1", *chunk] for chunk in _chunks(list(ids))]
+            if not calls:
+                return 0
+            with self._io("dead letters"):
+                return sum(await script.many(self.redis, keys, calls))
+        with self._io("dead letters"):
+            total = 0
+            while True:
+                done = await script(self.redis, keys, [self.prefix, "0"])
+                total += done
+                if done < lua.BATCH:
+                    return total
+
+    async def purge(self, queue: str) -> int:
+        total = 0
+        with self._io("purge"):
+            while True:
+                done = await lua.PURGE(self.redis, [self._queues_key], [self.prefix, queue])
+                total += done
+                if done < lua.BATCH:
+                    return total
+
+    async def sizes(self, queues: Sequence[str]) -> dict[str, QueueSize]:
+        if not queues:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.llen(f"{self.prefix}ready:{queue}")
+            for kind in ("delayed", "leased", "dead"):
+                pipe.zcard(f"{self.prefix}{kind}:{queue}")
+        with self._io("sizes"):
+            counts = await pipe.execute()
+        return {queue: QueueSize(*counts[4 * i:4 * i + 4]) for i, queue in enumerate(queues)}
+
+    async def recover(self) -> int:
+        with self._io("recover"):
+            return await lua.RECOVER(self.redis, [self._queues_key], [self.prefix])
+
+
+def _deliveries(reply: list[Any]) -> list[Delivery]:
+    return [
+        Delivery(id=reply[i].decode(), queue=reply[i + 1].decode(), body=reply[i + 2],
+                 deliveries=reply[i + 3], token=reply[i + 4])
+        for i in range(1, len(reply), 5)
+    ]
+
+
+async def _batched(keys: AsyncIterator[bytes], size: int = 1000) -> AsyncIterator[list[bytes]]:
+    batch: list[bytes] = []
+    async for key in keys:
+        batch.append(key)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _chunks(items: Sequence[T], size: int = lua.BATCH) -> list[Sequence[T]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _by_queue(deliveries: Sequence[Delivery]) -> list[tuple[str, list[str]]]:
+    """(queue, [id, token, id, token...]) per queue and 1000 deliveries, as scripts take them."""
+    groups: dict[str, list[str]] = {}
+    for d in deliveries:
+        groups.setdefault(d.queue, []).extend((d.id, _token(d)))
+    return [(queue, pairs[i:i + 2 * lua.BATCH]) for queue, pairs in groups.items()
+            for i in range(0, len(pairs), 2 * lua.BATCH)]
+
+
+def _token(delivery: Delivery) -> str:
+    """The lease number as the scripts compare it ('' never matches)."""
+    return "" if delivery.token is None else str(delivery.token)
+
+
+def _optional(body: bytes | None) -> list[bytes]:
+    return [] if body is None else [body]

@@ -1,0 +1,339 @@
+"""The producer api: ``app().api()``, its ``tasks`` and events.
+
+The api binds to the event loop running where it is first used.  Used from
+a plain shell (no running loop) it runs its own loop in a background thread,
+so ``api.tasks.queue(...).wait()`` works and ``on_events`` callbacks fire
+while the shell waits for input.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
+
+from . import brokers, events
+from .batch import Batcher
+from .brokers.base import DataStore, Envelope, MessageBroker
+from .exceptions import BrokerError, ImproperlyConfigured, TaskNotAvailable
+from .jobs.executors import Executors
+from .jobs.registry import JobRegistry
+from .manager import Manager
+from .serializers import MessageCodec, get_codec
+from .tasks import READY_STATES, ApiFuture, Task
+
+if TYPE_CHECKING:
+    from .app import PulsarQueue
+    from .config import Config
+
+logger = logging.getLogger("pq.producer")
+
+NODE_ENV = "PQ_NODE_NAME"
+# A waiter re-reads the task record this often, in case an event was lost.
+RECHECK_INTERVAL = 5.0
+SWEEP_SIZE = 500  # records re-read per sweep, oldest waited first
+
+
+def node_name(cfg: "Config") -> str:
+    """This server's node name (set by the arbiter for its actors), else this process's."""
+    return os.environ.get(NODE_ENV) or f"{cfg.name}.{socket.gethostname()}.{os.getpid()}"
+
+
+class Producer:
+    """The api of an application: queue tasks, read them back, listen to events."""
+
+    def __init__(self, app: "PulsarQueue") -> None:
+        self.app = app
+        self.cfg = app.cfg
+        self.codec = MessageCodec(get_codec(self.cfg.message_serializer), self.cfg.secret, self.cfg.max_message_size)
+        self.registry = JobRegistry(self.cfg.task_paths)
+        self.node_name = node_name(self.cfg)
+        self.manager: Manager = (app.manager_class or Manager)(self)
+        self.callbacks = events.EventCallbacks()
+        preload = [path.removesuffix(".*") for path in self.cfg.task_paths]
+        self.executors = Executors(self.cfg.thread_workers, self.cfg.cpu_workers, preload)
+        self.broker: MessageBroker | None = None
+        self.store: DataStore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._starting: asyncio.Future | None = None
+        self._listening: dict[str, asyncio.Future] = {}
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._sweeper: asyncio.Future | None = None
+        self._events: Batcher[tuple[str, bytes, float | None, str]]
+        self._queued: Batcher[tuple[Task, bytes]]
+        from .taskapi import TasksApi
+
+        self.tasks = TasksApi(self)
+
+    def __repr__(self) -> str:
+        return f"<pq api {self.cfg.name} broker={brokers.redact_url(self.cfg.broker_url)}>"
+
+    # loop binding ---------------------------------------------------------------
+    def call(self, coro: Coroutine[Any, Any, Any]) -> "asyncio.Future[Any] | Any":
+        """Run ``coro`` on the api's loop; an asyncio task there, a concurrent future elsewhere."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._loop is None or self._loop.is_closed():
+            self._loop = running or self._background_loop()
+        if running is self._loop:
+            return self._loop.create_task(coro)
+        if not self._loop.is_running():
+            coro.close()
+            raise RuntimeError("the api's event loop has stopped; make a new api with app().api()")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def future(self, coro: Coroutine[Any, Any, Any]) -> ApiFuture:
+        return ApiFuture(self.call(coro))
+
+    def _background_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="pq-api-loop", daemon=True)
+        self._thread.start()
+        ready.wait()
+        return loop
+
+    # lifecycle ------------------------------------------------------------------
+    def start(self) -> ApiFuture:
+        """Connect to the broker and data store and listen to events: ``api = await api.start()``."""
+        return self.future(self._started())
+
+    async def _started(self) -> "Producer":
+        if self._starting is None or (self._starting.done() and self._starting.exception() is not None):
+            self._starting = asyncio.ensure_future(self._connect())
+        await asyncio.shield(self._starting)
+        return self
+
+    async def start_retrying(self, who: str) -> "Producer":
+        """Connect, retrying with backoff while the broker or store cannot be reached (in actors)."""
+        pause = 0.5
+        while True:
+            try:
+                return await self._started()
+            except BrokerError as exc:
+                logger.warning("%s cannot connect (%s); retrying in %.1f s", who, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
+    async def _connect(self) -> None:
+        cfg = self.cfg
+        store = brokers.create(cfg.data_store, namespace=cfg.namespace)
+        if not isinstance(store, DataStore):
+            raise ImproperlyConfigured(
+                f"data_store {brokers.redact_url(cfg.data_store)!r} cannot hold events and results; "
+                "use sqlite://, memory:// or redis://"
+            )
+        if cfg.message_broker and cfg.message_broker != cfg.data_store:
+            broker = brokers.create(cfg.message_broker, namespace=cfg.namespace)
+        else:
+            broker = store  # type: ignore[assignment]
+        if not isinstance(broker, MessageBroker):
+            raise ImproperlyConfigured(f"{brokers.redact_url(cfg.broker_url)!r} cannot hold task queues")
+        store.node = broker.node = self.node_name
+        await store.connect()
+        if broker is not store:
+            await broker.connect()
+        self.store, self.broker = store, broker
+        self._events = Batcher(store.task_events)
+        self._queued = Batcher(self._write_queued)
+        await self.manager.start()
+
+    def close(self) -> ApiFuture:
+        """Stop listening and close connections."""
+        return self.future(self._close())
+
+    async def _close(self) -> None:
+        if self._starting is None:
+            return
+        self._starting = None
+        await self.manager.close()
+        listening, self._listening = self._listening, {}
+        for subscribing in listening.values():
+            if subscribing.done() and subscribing.exception() is None:
+                await subscribing.result().close()
+        if self.broker is not None and self.broker is not self.store:
+            await self.broker.close()
+        if self.store is not None:
+            await self.store.close()
+        self.executors.close()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.cancel()
+        self._waiters.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    def thread_pool(self) -> Any:
+        return self.executors.threads
+
+    # events ---------------------------------------------------------------------
+    def on_events(self, channel: str, event: str, callback: Callable[[str, str, Any], Any]) -> None:
+        """Call ``callback(channel, event, message)`` for each matching event (glob patterns)."""
+        self.callbacks.add(channel, event, callback)
+        if channel not in self._listening:
+            self.call(self.listen(channel))
+
+    async def listen(self, channel: str) -> None:
+        """Receive the events of ``channel`` from now on (subscribing once per channel)."""
+        await self._started()
+        subscribing = self._listening.get(channel)
+        if subscribing is None or (subscribing.done() and subscribing.exception() is not None):
+            assert self.store is not None
+            subscribing = asyncio.ensure_future(self.store.subscribe(self._on_event, [channel]))
+            self._listening[channel] = subscribing
+        await asyncio.shield(subscribing)
+
+    def remove_event_callback(self, channel: str, event: str, callback: Callable[[str, str, Any], Any]) -> None:
+        self.callbacks.remove(channel, event, callback)
+
+    async def _on_event(self, channel: str, event: str, payload: bytes) -> None:
+        if channel == events.TASK and not self._waiters and not self.callbacks.wants(channel):
+            return  # a consumer's api: nobody here waits for tasks, skip the decoding
+        try:
+            if channel == events.TASK:
+                task = self.decode_task(payload)
+                if event == events.DONE:
+                    self._resolve(task)
+                message: Any = task
+            else:
+                message = self.codec.decode(payload)
+        except Exception as exc:
+            logger.warning("dropped an event %s.%s that cannot be decoded: %s", channel, event, exc)
+            return
+        self.callbacks.fire(channel, event, message)
+
+    async def publish(self, channel: str, event: str, data: dict[str, Any]) -> None:
+        """Publish a non-task event (consumer status, control)."""
+        assert self.store is not None
+        await self.store.publish(channel, event, self.codec.encode(data))
+
+    def task_event(
+        self, event: str, task: Task, body: bytes | None = None, ttl: float | None = None
+    ) -> Coroutine[Any, Any, bytes]:
+        """Record a task's new state, publish its event and tell the Manager; returns the body.
+
+        The task is captured when this is called, not when the result is awaited.
+        """
+        body = body if body is not None else self.encode_task(task)
+        return self._write_events(event, self._snapshot([(task, body)]), ttl, body)
+
+    def task_events(
+        self, event: str, tasks: list[tuple[Task, bytes]], ttl: float | None = None
+    ) -> Coroutine[Any, Any, bytes | None]:
+        """``task_event`` for many tasks; concurrent calls share one store round trip."""
+        return self._write_events(event, self._snapshot(tasks), ttl, None)
+
+    @property
+    def _manager_listens(self) -> bool:
+        """Whether the Manager overrides ``store_message`` (else nobody reads the task objects)."""
+        return type(self.manager).store_message is not Manager.store_message
+
+    def _snapshot(self, tasks: list[tuple[Task, bytes]]) -> list[tuple[Task, bytes]]:
+        if not self._manager_listens:
+            return tasks
+        return [(task.copy(), body) for task, body in tasks]
+
+    async def _write_events(
+        self, event: str, tasks: list[tuple[Task, bytes]], ttl: float | None, result: bytes | None,
+        envelopes: list[Envelope] | None = None,
+    ) -> bytes | None:
+        items = [(task.id, body, ttl, event) for task, body in tasks]
+        if envelopes:  # already coalesced by the queueing batcher: one call, records first
+            assert self.store is not None
+            await self.store.task_events(items, envelopes)
+        else:
+            await self._events.add(items)
+        if self._manager_listens:
+            await asyncio.gather(*(self.manager.store_message(task) for task, _ in tasks))
+        return result
+
+    async def enqueue_tasks(self, tasks: list[tuple[Task, bytes]]) -> None:
+        """Put new tasks on their queues, record them and publish ``queued``; bursts share round trips."""
+        await self._queued.add(tasks)
+
+    async def _write_queued(self, tasks: list[tuple[Task, bytes]]) -> None:
+        """Record first, then enqueue: a consumer may finish a task at once, and a QUEUED
+        record written after its SUCCESS would leave it QUEUED for good.  When one store is
+        both, it does the two in one round trip."""
+        assert self.broker is not None
+        envelopes = [Envelope(task.id, task.queue, body, task.eta) for task, body in tasks]
+        if self.broker is self.store:
+            await self._write_events(events.QUEUED, self._snapshot(tasks), None, None, envelopes)
+        else:
+            await self.task_events(events.QUEUED, tasks)
+            await self.broker.enqueue(envelopes)
+
+    # waiting for tasks ----------------------------------------------------------
+    def _resolve(self, task: Task) -> None:
+        for waiter in self._waiters.pop(task.id, ()):
+            if not waiter.done():
+                waiter.set_result(task)
+
+    def waiter(self, task_id: str) -> "asyncio.Future[Task]":
+        """A future of the api loop resolved by the ``done`` event of ``task_id``."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(waiter)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep())
+        return waiter
+
+    async def wait_done(self, task_id: str, waiter: "asyncio.Future[Task]", timeout: float | None = None) -> Task:
+        """Wait for the waiter of ``task_id``; TimeoutError after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"task {task_id} not done within {timeout} seconds") from None
+        finally:
+            waiters = self._waiters.get(task_id)
+            if not waiter.done() and waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    async def _sweep(self) -> None:
+        """Now and then read the records of the oldest waited tasks, in case a done event was lost."""
+        assert self.store is not None
+        while self._waiters:
+            await asyncio.sleep(RECHECK_INTERVAL)
+            ids = list(itertools.islice(self._waiters, SWEEP_SIZE))
+            try:
+                records = await self.store.get_tasks(ids)
+            except Exception as exc:
+                logger.warning("cannot re-read waited tasks: %s", exc)
+                continue
+            for body in records:
+                if body is not None:
+                    task = self.decode_task(body)
+                    if task.status in READY_STATES:
+                        self._resolve(task)
+
+    # codec ----------------------------------------------------------------------
+    def encode_task(self, task: Task) -> bytes:
+        return self.codec.encode(task.to_dict())
+
+    def decode_task(self, body: bytes) -> Task:
+        return Task.from_dict(self.codec.decode(body))
+
+    def job(self, name: str) -> Any:
+        """The job class of ``name``; when no task_paths are loaded any name is accepted (None)."""
+        if not self.registry:
+            return None
+        if name not in self.registry:
+            raise TaskNotAvailable(name, list(self.registry))
+        return self.registry[name]
+
+    @property
+    def consumers(self) -> list[Any]:
+        return [self.tasks]

@@ -1,0 +1,320 @@
+"""The worker: the task-consuming engine of a consumer actor.
+
+It fetches in batches up to its free slots (blocking in the broker, never
+busy-polling), runs each task under a lease it renews, records and publishes
+each state change, retries with backoff, dead-letters what cannot succeed,
+and acknowledges in batches.  A bad message is dead-lettered with its
+reason; nothing a message holds can stop the worker.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import events
+from .brokers.base import Delivery
+from .exceptions import PQError, SerializationError
+from .runner import check_runnable, describe_exception, run_task
+from .stats import Throughput
+from .tasks import FAILURE, QUEUED, RETRY, REVOKED, STARTED, Task
+
+if TYPE_CHECKING:
+    from .producer import Producer
+
+logger = logging.getLogger("pq.worker")
+
+STATUS_INTERVAL = 2.0  # seconds between status events on the consumer channel
+SLOT_WAIT = (0.05, 0.25)  # requeue delay range of a task waiting for a max_concurrency slot
+REFILL_WAIT = 0.005  # with a backlog, how long to wait for half the slots before fetching
+
+
+def retry_delay(base: float, backoff: float, retries: int, cap: float) -> float:
+    """Exponential backoff with jitter: about base * backoff**(retries-1), within [50%, 100%]."""
+    delay = min(cap, base * backoff ** max(retries - 1, 0))
+    return delay * (0.5 + random.random() / 2)
+
+
+class Worker:
+    """Takes tasks from ``queues`` and runs up to ``concurrent_tasks`` at once."""
+
+    def __init__(
+        self, api: "Producer", name: str, queues: list[str] | None = None, concurrent_tasks: int | None = None,
+    ) -> None:
+        self.api = api
+        self.cfg = api.cfg
+        self.name = name
+        self.queues = queues or api.manager.queues()
+        self.concurrent_tasks = concurrent_tasks or self.cfg.concurrent_tasks
+        self.processed = 0
+        self.started_at = time.time()
+        self.exhausted = asyncio.Event()  # set once max_requests tasks have been taken
+        self._inflight: dict[str, tuple[Delivery, Task | None, asyncio.Task]] = {}
+        self._slots: dict[str, str] = {}  # task id -> max_concurrency counter name
+        self._revoking: set[str] = set()
+        self._slot_free = asyncio.Event()
+        self._stopping = False
+        self._loops: list[asyncio.Task] = []
+        self._to_ack: list[Delivery] = []
+        self._ack_flush: asyncio.Task | None = None
+        self._taken = 0
+        self._backlog = False  # the last fetch filled every free slot: more is likely waiting
+        self.throughput = Throughput()  # finished tasks, flushed to the store's stats counters
+
+    # lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.api._started()
+        self.api.on_events(events.CONTROL, "revoke", self._on_revoke)
+        await self.api.listen(events.CONTROL)
+        await self.api.manager.on_worker_init(self)
+        self._loops = [asyncio.create_task(coro) for coro in (self._fetch_loop(), self._renew_loop(), self._status_loop())]
+        logger.info("%s consuming queues %s, %d at once", self.name, ", ".join(self.queues), self.concurrent_tasks)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop taking tasks, let in-flight ones finish within ``timeout``, return the rest to their queues."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._slot_free.set()
+        fetch_loop, *others = self._loops or [None]
+        if fetch_loop is not None:
+            await asyncio.gather(fetch_loop, return_exceptions=True)
+        running = [entry[2] for entry in self._inflight.values()]
+        if running:
+            logger.info("%s waiting for %d task(s) to finish", self.name, len(running))
+            await asyncio.wait(running, timeout=timeout)
+        leftover = list(self._inflight.values())
+        for _, _, run in leftover:
+            run.cancel()
+        if leftover:
+            await asyncio.gather(*(entry[2] for entry in leftover), return_exceptions=True)
+        for loop in others:
+            loop.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await self._flush_acks()
+        await self.throughput.flush(self.api.store)  # type: ignore[arg-type]
+        self.api.remove_event_callback(events.CONTROL, "revoke", self._on_revoke)
+        await self.api.manager.on_worker_close(self)
+        logger.info("%s stopped after %d task(s)", self.name, self.processed)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "node": self.api.node_name, "queues": self.queues,
+            "concurrent_tasks": self.concurrent_tasks, "inflight": len(self._inflight),
+            "processed": self.processed, "started": self.started_at, "time": time.time(),
+        }
+
+    # loops -------------------------------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        broker, cfg = self.api.broker, self.cfg
+        assert broker is not None
+        pause = 0.0
+        while not self._stopping:
+            free = self.concurrent_tasks - len(self._inflight)
+            if cfg.max_requests:
+                free = min(free, cfg.max_requests - self._taken)
+                if free <= 0 and not self._inflight and self._taken >= cfg.max_requests:
+                    self.exhausted.set()
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            if self._backlog and free < self.concurrent_tasks / 2:
+                # Work is waiting: let a few more slots free up and take them in one round trip.
+                self._slot_free.clear()
+                try:
+                    await asyncio.wait_for(self._slot_free.wait(), REFILL_WAIT)
+                except asyncio.TimeoutError:
+                    pass
+                self._backlog = False
+                continue
+            try:
+                deliveries = await broker.fetch(self.queues, free, cfg.task_pool_timeout, cfg.lease_timeout, self.name)
+            except Exception as exc:
+                pause = min(max(pause * 2, 0.1), 5.0)
+                logger.warning("%s cannot fetch from %s (%s); retrying in %.1f s", self.name, broker.safe_url, exc, pause)
+                await asyncio.sleep(pause)
+                continue
+            pause = 0.0
+            self._backlog = len(deliveries) == free
+            if deliveries:
+                await self._start_batch(deliveries)
+
+    async def _start_batch(self, deliveries: list[Delivery]) -> None:
+        store = self.api.store
+        assert store is not None
+        try:
+            revoked = await store.revoked([d.id for d in deliveries])
+        except Exception:
+            logger.exception("%s cannot read revocations; running the batch", self.name)
+            revoked = set()
+        for delivery in deliveries:
+            if delivery.id in revoked:
+                self._ack(delivery)
+                continue
+            self._taken += 1
+            run = asyncio.create_task(self._handle(delivery))
+            self._inflight[delivery.id] = (delivery, None, run)
+
+    async def _renew_loop(self) -> None:
+        broker, store, lease = self.api.broker, self.api.store, self.cfg.lease_timeout
+        assert broker is not None and store is not None
+        while True:
+            await asyncio.sleep(lease / 3)
+            deliveries = [entry[0] for entry in self._inflight.values()]
+            slots = [(name, task_id) for task_id, name in self._slots.items()]
+            try:
+                if deliveries:
+                    await broker.renew(deliveries, lease)
+                if slots:
+                    await store.renew_slots(slots, lease)
+            except Exception as exc:
+                logger.warning("%s cannot renew leases: %s", self.name, exc)
+
+    async def _status_loop(self) -> None:
+        while True:
+            try:
+                await self.api.publish(events.CONSUMER, "status", self.info())
+            except Exception as exc:
+                logger.warning("%s cannot publish its status: %s", self.name, exc)
+            await self.throughput.flush(self.api.store)  # type: ignore[arg-type]
+            await asyncio.sleep(STATUS_INTERVAL)
+
+    # one task ------------------------------------------------------------------------------
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            await self._process(delivery)
+        except asyncio.CancelledError:
+            await self._cancelled(delivery)
+        except Exception:
+            logger.exception("%s failed handling message %s; returning it to its queue", self.name, delivery.id)
+            await self._safely(self.api.broker.requeue(delivery, delay=1.0))  # type: ignore[union-attr]
+        finally:
+            self._inflight.pop(delivery.id, None)
+            slot = self._slots.pop(delivery.id, None)
+            if slot is not None:
+                await self._safely(self.api.store.release_slot(slot, delivery.id))  # type: ignore[union-attr]
+            self._slot_free.set()
+
+    async def _process(self, delivery: Delivery) -> None:
+        api = self.api
+        broker, store = api.broker, api.store
+        assert broker is not None and store is not None
+        try:
+            task = api.decode_task(delivery.body)
+        except PQError as exc:
+            logger.error("%s dead-lettered message %s: %s", self.name, delivery.id, exc)
+            await broker.dead_letter(delivery, f"bad message: {exc}")
+            return
+        self._inflight[delivery.id] = (delivery, task, self._inflight[delivery.id][2])
+        try:
+            job = api.registry.job(task.name)
+            check_runnable(job, task.kwargs, self.cfg)
+        except PQError as exc:
+            await self._fail(delivery, task, exc)
+            return
+        limit = task.meta.get("max_concurrency", job.max_concurrency)
+        if limit:
+            if not await store.acquire_slot(job.name, int(limit), task.id, self.cfg.lease_timeout):
+                await broker.requeue(delivery, delay=random.uniform(*SLOT_WAIT))
+                return
+            self._slots[task.id] = job.name
+        self.processed += 1
+        task.status, task.time_started, task.time_ended = STARTED, time.time(), None
+        task.worker, task.attempts = self.name, task.attempts + delivery.deliveries
+        task.result = task.exception = task.stacktrace = None
+        started = asyncio.ensure_future(api.task_event(events.STARTED, task, api.encode_task(task)))
+        try:
+            await run_task(api, job, task)
+        finally:
+            await started  # the STARTED record must land before the outcome's
+        await self._finish(delivery, task, job)
+
+    async def _finish(self, delivery: Delivery, task: Task, job: Any) -> None:
+        api, broker = self.api, self.api.broker
+        assert broker is not None
+        max_retries = task.meta.get("max_retries", job.max_retries)
+        if task.status in (FAILURE, REVOKED) and task.retries < max_retries:
+            task.retries += 1
+            task.status = RETRY
+            delay = retry_delay(
+                task.meta.get("retry_delay", job.retry_delay), job.retry_backoff, task.retries, job.max_retry_delay
+            )
+            logger.info("%s retrying %r in %.2f s (%d/%d): %s", self.name, task, delay, task.retries, max_retries, task.exception)
+            body = await api.task_event(events.RETRY, task)
+            await broker.requeue(delivery, body, delay)
+            self.throughput.record(delivery.queue, "retry")
+            return
+        try:
+            body = api.encode_task(task)
+        except SerializationError as exc:
+            task.status, task.result = FAILURE, None
+            task.exception = f"SerializationError: the result cannot be stored: {exc}"
+            body = api.encode_task(task)
+        await api.task_event(events.DONE, task, body, ttl=self.cfg.result_ttl or None)
+        self.throughput.record(delivery.queue, task.status_string.lower())
+        if task.status != FAILURE or job.ack_policy == "ack_always":
+            self._ack(delivery)
+        elif job.ack_policy == "reject_requeue":
+            delay = retry_delay(task.meta.get("retry_delay", job.retry_delay), 1.0, 1, job.max_retry_delay)
+            await broker.requeue(delivery, None, delay)
+        else:
+            await broker.dead_letter(delivery, task.exception or "failed", body)
+
+    async def _fail(self, delivery: Delivery, task: Task, exc: Exception) -> None:
+        """A task that cannot run at all: FAILURE, done event, dead letter."""
+        logger.error("%s cannot run %r: %s", self.name, task, exc)
+        task.status, task.time_ended, task.worker = FAILURE, time.time(), self.name
+        task.exception = describe_exception(exc)
+        body = await self.api.task_event(events.DONE, task, ttl=self.cfg.result_ttl or None)
+        self.throughput.record(delivery.queue, "failure")
+        await self.api.broker.dead_letter(delivery, task.exception, body)  # type: ignore[union-attr]
+
+    async def _cancelled(self, delivery: Delivery) -> None:
+        """A run cancelled by a revoke ends REVOKED; by a stop it goes back to its queue, QUEUED."""
+        api, broker = self.api, self.api.broker
+        assert broker is not None
+        task = self._inflight.get(delivery.id, (None, None))[1]
+        if delivery.id in self._revoking:
+            self._revoking.discard(delivery.id)
+            if task is not None:
+                task.status, task.time_ended, task.exception = REVOKED, time.time(), "revoked while running"
+                await self._safely(api.task_event(events.DONE, task, ttl=self.cfg.result_ttl or None))
+                self.throughput.record(delivery.queue, "revoked")
+            self._ack(delivery)
+            return
+        body = None
+        if task is not None:
+            task.status, task.time_started, task.worker = QUEUED, None, None
+            body = await self._safely(api.task_event(events.QUEUED, task))
+        await self._safely(broker.requeue(delivery, body))
+
+    def _on_revoke(self, channel: str, event: str, message: Any) -> None:
+        task_id = message.get("id") if isinstance(message, dict) else None
+        entry = self._inflight.get(task_id) if task_id else None
+        if entry is not None:
+            logger.info("%s revoking running task %s", self.name, task_id)
+            self._revoking.add(task_id)
+            entry[2].cancel()
+
+    # acknowledgements --------------------------------------------------------------------------
+    def _ack(self, delivery: Delivery) -> None:
+        self._to_ack.append(delivery)
+        if self._ack_flush is None:
+            self._ack_flush = asyncio.create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        await asyncio.sleep(0)
+        self._ack_flush = None
+        batch, self._to_ack = self._to_ack, []
+        if batch:
+            await self._safely(self.api.broker.ack(batch))  # type: ignore[union-attr]
+
+    async def _safely(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except Exception as exc:
+            logger.warning("%s: %s", self.name, exc)
+            return None

@@ -1,0 +1,1 @@
+"""Example jobs, as in pulsar-queue\x27s tutorial."""

@@ -1,0 +1,395 @@
+"""Jobs, tasks and executors in one process on memory:// (the seed's API)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any
+
+import psutil
+import pytest
+import testjobs
+from coreapp import make_app
+
+from pq import api as pq_api
+from pq.brokers.base import Envelope
+from pq.exceptions import ImproperlyConfigured, SerializationError, TaskNotAvailable
+from pq.jobs.job import slugify
+from pq.tasks import FULL_RUN_STATES, READY_STATES, Task
+
+
+async def test_seed_jobs(api: Any, worker: Any) -> None:
+    task = await api.tasks.queue("addition", a=4, b=6)
+    assert (task.result, task.status_string) == (10, "SUCCESS")
+    assert task.worker == "test-worker" and task.time_ended >= task.time_started >= task.time_queued
+    task = await api.tasks.queue("asynchronous", lag=0.1)
+    assert task.status_string == "SUCCESS" and 0.09 < task.result < 2
+    task = await api.tasks.queue("read.text", input=__file__)
+    assert task.result.startswith('"""Jobs, tasks')
+    task = await api.tasks.queue("in.thread")
+    assert task.result.startswith("pq-thread")
+    task = await api.tasks.queue("cpubound")
+    assert task.status_string == "SUCCESS" and task.result[0] == "OK" and task.result[1] != os.getpid()
+    task = await api.tasks.queue("cpubound", error=True)
+    assert task.status_string == "FAILURE" and "kaputt" in task.exception and "CpuBoundError" in task.stacktrace
+    task = await api.tasks.queue("cpuboundwithasync")
+    assert task.status_string == "SUCCESS" and task.result != os.getpid()
+
+
+async def test_cpubound_logs_reach_consumer(api: Any, worker: Any, caplog: Any) -> None:
+    caplog.set_level("INFO")
+    task = await api.tasks.queue("cpubound")
+    assert task.status_string == "SUCCESS"
+    assert any("Testing cpubound in pid" in r.getMessage() and r.name == "pq.cpubound" for r in caplog.records)
+    task = await api.tasks.queue("cpuboundbiglog", size=200000)
+    assert task.result == 200000
+    assert any(len(r.getMessage()) == 200000 for r in caplog.records)
+
+
+async def test_cpubound_timeout_kills_the_process(api: Any, worker: Any, tmp_path: Any) -> None:
+    path = tmp_path / "pid"
+    task = await api.tasks.queue("cpu.sleeper", path=str(path))
+    assert task.status_string == "REVOKED"
+    assert "timeout" in task.exception and task.time_ended - task.time_started >= 1
+    pid = int(path.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    task = await api.tasks.queue("cpubound")
+    assert task.status_string == "SUCCESS"
+
+
+async def test_async_timeout_is_revoked_with_elapsed(api: Any, worker: Any) -> None:
+    task = await api.tasks.queue("slow")
+    assert task.status_string == "REVOKED"
+    assert 0.19 < task.time_ended - task.time_started < 2
+    task = await api.tasks.queue("sleeper", lag=5, timeout=0.1)
+    assert task.status_string == "REVOKED"
+
+
+async def test_max_concurrency(api: Any, worker: Any) -> None:
+    testjobs.STATE.update(running=0, peak=0)
+    tasks = await asyncio.gather(*(api.tasks.queue("limited", lag=0.2) for _ in range(5)))
+    assert [t.status_string for t in tasks] == ["SUCCESS"] * 5
+    assert testjobs.STATE["peak"] == 2
+    assert await api.store.slot_count("limited") == 0
+
+
+async def test_max_concurrency_across_workers(api: Any) -> None:
+    from pq.api import Worker
+
+    testjobs.STATE.update(running=0, peak=0)
+    workers = [Worker(api, f"w{i}") for i in range(3)]
+    for w in workers:
+        await w.start()
+    try:
+        tasks = await asyncio.gather(*(api.tasks.queue("limited", lag=0.1) for _ in range(8)))
+        assert all(t.status_string == "SUCCESS" for t in tasks)
+        assert testjobs.STATE["peak"] == 2
+    finally:
+        for w in workers:
+            await w.stop(2)
+
+
+async def test_retries_keep_the_id(api: Any, worker: Any) -> None:
+    events: list[tuple[str, str]] = []
+    api.on_events("task", "*", lambda channel, event, task: events.append((event, task.id)))
+    task = await api.tasks.queue("flaky", key="retries-1", failures=2)
+    assert task.status_string == "SUCCESS" and task.result == 3 and task.retries == 2
+    mine = [event for event, task_id in events if task_id == task.id]
+    assert mine.count("retry") == 2 and mine.count("done") == 1 and mine[0] == "queued"
+
+
+async def test_final_failure_goes_to_dead_letters(api: Any, worker: Any) -> None:
+    task = await api.tasks.queue("flaky", key="dead-1", failures=10, meta_params={"retry_delay": 0.01})
+    assert task.status_string == "FAILURE" and task.retries == 3 and "failure 4" in task.exception
+    letters = await api.tasks.dead_letters()
+    assert [t.id for _, t in letters] == [task.id]
+    assert "failure 4" in letters[0][0].reason
+    task2 = await api.tasks.queue("always.fails")
+    assert task2.status_string == "FAILURE" and "KeyError" in task2.exception
+    testjobs.STATE["calls"]["dead-1"] = 100  # past its failures: the next run succeeds
+    assert await api.tasks.retry_dead_letters([task.id]) == 1
+    done = await api.tasks.wait_for_result(task.id, timeout=10)
+    assert done.status_string == "SUCCESS" and done.retries == 0
+    assert await api.tasks.purge_dead_letters() == 1
+    assert await api.tasks.dead_letters() == []
+
+
+async def test_revoke_queued_task_never_runs(api: Any, tmp_path: Any) -> None:
+    path = tmp_path / "ran"
+    task = await api.tasks.queue("marker", path=str(path), callback=False, delay=0.3)
+    assert await api.tasks.revoke(task.id)
+    done = await task.done_callback
+    assert done.status_string == "REVOKED"
+    from pq.api import Worker
+
+    worker = Worker(api, "late")
+    await worker.start()
+    try:
+        check = await api.tasks.queue("addition", a=1, b=1, delay=0.5)
+        assert check.result == 2
+        assert not path.exists()
+        assert (await api.tasks.sizes())["default"].ready == 0
+    finally:
+        await worker.stop(1)
+
+
+async def test_revoke_running_task(api: Any, worker: Any) -> None:
+    started = asyncio.Event()
+    api.on_events("task", "started", lambda c, e, t: started.set())
+    future = api.tasks.queue("sleeper", lag=30)
+    await asyncio.wait_for(started.wait(), 5)
+    assert await api.tasks.revoke(future.task_id)
+    task = await asyncio.wait_for(future, 5)
+    assert task.status_string == "REVOKED" and "revoked" in task.exception
+
+
+async def test_custom_task_id_returns_the_same_future(api: Any, worker: Any) -> None:
+    first = await api.tasks.queue("sleeper", lag=0.3, task_id="custom-1", callback=False)
+    second = await api.tasks.queue("sleeper", lag=0.3, task_id="custom-1", callback=False)
+    assert first.id == second.id == "custom-1"
+    assert (await first.done_callback).status_string == "SUCCESS"
+    assert (await second.done_callback).status_string == "SUCCESS"
+    for _ in range(100):  # the ack follows the done event
+        sizes = await api.tasks.sizes()
+        if sizes["default"].inflight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert sizes["default"].ready == 0 and sizes["default"].inflight == 0
+
+
+async def test_bad_input_fails_at_queue(api: Any) -> None:
+    with pytest.raises(TaskNotAvailable, match="nosuchjob"):
+        api.tasks.queue("nosuchjob")
+    with pytest.raises(SerializationError, match="addition"):
+        api.tasks.queue("addition", a=object())
+    with pytest.raises(pq_api.PQError, match="cannot take these arguments"):
+        api.tasks.queue("addition", c=3)
+    with pytest.raises(pq_api.PQError, match="delay"):
+        api.tasks.queue("addition", delay=-1)
+
+
+async def test_execute_runs_now(api: Any) -> None:
+    task = await api.tasks.execute("addition", a=2, b=3)
+    assert task.result == 5 and task.queue is None and task.status_string == "SUCCESS"
+    task = await api.tasks.queue("addition", a=2, b=5, queue=False)
+    assert task.result == 7
+    with pytest.raises(pq_api.PQError, match="--enable-execute-python"):
+        api.tasks.execute("execute.python", code="result = 1")
+
+
+async def test_job_list_and_queues(api: Any) -> None:
+    jobs = dict(api.tasks.job_list())
+    assert jobs["execute.python"]["concurrency"] == "process"
+    assert jobs["addition"] == {**jobs["addition"], "type": "regular", "doc": "Add two numbers."}
+    assert jobs["testperiodic"]["type"] == "periodic"
+    assert api.tasks.queues() == [api.tasks.node_name, "default"]
+
+
+async def test_get_result_and_wait(api: Any, worker: Any) -> None:
+    task = await api.tasks.queue("addition", a=1, b=2, callback=False)
+    done = await api.tasks.wait_for_result(task.id, timeout=5)
+    assert done.result == 3
+    assert await api.tasks.get_result(task.id) == 3
+    assert (await api.tasks.get_task(task.id)).status_string == "SUCCESS"
+    assert await api.tasks.get_result("unknown") is None
+    pending = await api.tasks.queue("sleeper", lag=5, callback=False)
+    with pytest.raises(TimeoutError):
+        await api.tasks.wait_for_result(pending.id, timeout=0.2)
+    assert await api.tasks.revoke(pending.id)
+
+
+async def test_result_ttl() -> None:
+    api = make_app(result_ttl=0.2).api()
+    await api.start()
+    from pq.api import Worker
+
+    worker = Worker(api, "ttl")
+    await worker.start()
+    try:
+        task = await api.tasks.queue("addition", a=1, b=1)
+        assert await api.tasks.get_result(task.id) == 2
+        for _ in range(50):
+            if await api.tasks.get_task(task.id) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert await api.tasks.get_task(task.id) is None
+    finally:
+        await worker.stop(1)
+        await api.close()
+
+
+async def test_unserializable_result_is_a_failure(api: Any, worker: Any) -> None:
+    task = await api.tasks.queue("returns.unserializable")
+    assert task.status_string == "FAILURE" and "SerializationError" in task.exception
+
+
+async def test_bad_messages_are_dead_lettered(api: Any, worker: Any) -> None:
+    good = Task(name="addition", queue="default", kwargs={"a": "x", "c": 1})
+    await api.broker.enqueue([
+        Envelope("junk", "default", b"\xff\x00garbage"),
+        Envelope("schema", "default", b'{"id": 3}'),
+        Envelope("unknown", "default", api.encode_task(Task(id="unknown", name="nope", queue="default"))),
+        Envelope(good.id, "default", api.encode_task(good)),
+    ])
+    task = await api.tasks.queue("addition", a=1, b=1)
+    assert task.result == 2
+    for _ in range(50):
+        letters = {letter.id: letter.reason for letter in await api.broker.dead_letters()}
+        if len(letters) == 4:
+            break
+        await asyncio.sleep(0.05)
+    assert "cannot be decoded" in letters["junk"]
+    assert "'name'" in letters["schema"] or "'id'" in letters["schema"]
+    assert "not available" in letters["unknown"]
+    assert "cannot take these arguments" in letters[good.id]
+    assert (await api.tasks.get_task("unknown")).status_string == "FAILURE"
+
+
+async def test_events_and_manager_hooks() -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Manager(pq_api.Manager):
+        async def store_message(self, message: Task) -> None:
+            seen.append(("store", message.status_string))
+
+        async def execute(self, job: Any, task: Task, run: Any) -> Any:
+            seen.append(("wrap", task.name))
+            return await run()
+
+    app = make_app()
+    app.manager_class = Manager
+    api = app.api()
+    await api.start()
+    from pq.api import Worker
+
+    worker = Worker(api, "hooks")
+    await worker.start()
+    names: list[str] = []
+    callback = lambda channel, event, task: names.append(event)  # noqa: E731
+    api.on_events("task", "*ed", callback)
+    try:
+        await api.tasks.queue("addition", a=1)
+        assert ("wrap", "addition") in seen
+        assert [s for _, s in seen if _ == "store"] == ["QUEUED", "STARTED", "SUCCESS"]
+        assert names == ["queued", "started"]
+        api.remove_event_callback("task", "*ed", callback)
+        await api.tasks.queue("addition", a=1)
+        assert names == ["queued", "started"]
+    finally:
+        await worker.stop(1)
+        await api.close()
+
+
+async def test_msgpack_and_custom_codec() -> None:
+    for serializer in ("msgpack", "testcodecs.ReversedJson"):
+        api = make_app(message_serializer=serializer).api()
+        await api.start()
+        from pq.api import Worker
+
+        worker = Worker(api, "codec")
+        await worker.start()
+        try:
+            task = await api.tasks.queue("addition", a=3, b=4)
+            assert task.result == 7
+        finally:
+            await worker.stop(1)
+            await api.close()
+    with pytest.raises(ImproperlyConfigured, match="message_serializer"):
+        make_app(message_serializer="nosuch.Codec").api()
+
+
+def test_shell_usage_with_wait() -> None:
+    """The seed's shell session: no loop in this thread, ``.wait()`` blocks."""
+    app = make_app()
+    api = app.api()
+    from pq.api import Worker
+
+    worker_api = None
+
+    def serve(ready: threading.Event, stop: threading.Event) -> None:
+        nonlocal worker_api
+
+        async def main() -> None:
+            nonlocal worker_api
+            worker_api = app.api()
+            worker = Worker(worker_api, "shell-worker")
+            await worker.start()
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await worker.stop(1)
+
+        asyncio.run(main())
+
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=serve, args=(ready, stop))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        future = api.tasks.queue("addition", a=4, b=6)
+        assert repr(future).startswith("<TaskFuture pending ID=i")
+        task = future.wait(10)
+        assert repr(task) == f"task.addition<{task.id}><SUCCESS>"
+        assert (task.result, task.status_string) == (10, "SUCCESS")
+        task = api.tasks.queue("addition", a=4, b=6, callback=False, delay=0.5).wait(10)
+        assert task.status_string == "QUEUED"
+        task = task.done_callback.wait(10)
+        assert task.status_string == "SUCCESS" and task.time_started - task.time_queued >= 0.5
+    finally:
+        stop.set()
+        thread.join(10)
+        api.close().wait(5)
+
+
+def test_states_and_names() -> None:
+    assert FULL_RUN_STATES == {pq_api.FAILURE, pq_api.SUCCESS}
+    assert READY_STATES == {pq_api.REVOKED, pq_api.FAILURE, pq_api.SUCCESS}
+    assert (pq_api.QUEUED, pq_api.STARTED, pq_api.RETRY) == (6, 5, 4)
+    assert slugify("bla_foo") == "bla.foo" and slugify("CpuBound") == "cpubound"
+    with pytest.raises(ImproperlyConfigured, match="cron"):
+        pq_api.job(cron="every minute")(lambda self: None)
+    with pytest.raises(ImproperlyConfigured, match="concurrency"):
+        pq_api.job(concurrency="gevent")(lambda self: None)
+
+
+async def test_ack_policies(api: Any, worker: Any) -> None:
+    task = await api.tasks.queue("fails.dropped")
+    assert task.status_string == "FAILURE"
+    assert await api.tasks.dead_letters() == []
+    assert (await api.tasks.sizes())["default"].ready == 0
+    seen: list[str] = []
+    api.on_events("task", "done", lambda c, e, t: t.name == "fails.requeued" and seen.append(t.status_string))
+    first = await api.tasks.queue("fails.requeued", key="rq-1")
+    assert first.status_string == "FAILURE"
+    for _ in range(100):
+        if seen[-1:] == ["SUCCESS"]:
+            break
+        await asyncio.sleep(0.05)
+    assert seen == ["FAILURE", "FAILURE", "SUCCESS"]
+    assert await api.tasks.get_result(first.id) == 3
+
+
+async def test_job_helpers_shell_and_executor(api: Any, worker: Any) -> None:
+    assert (await api.tasks.queue("shell.echo", text="pq")).result == "pq"
+    failed = await api.tasks.queue("shell.fails")
+    assert failed.status_string == "FAILURE" and "exited with 3" in failed.exception
+    task = await api.tasks.queue("blocking.in.executor", n=4)
+    assert task.result[0] == 8 and task.result[1].startswith("pq-thread")
+
+
+async def test_revoke_running_cpubound_kills_its_process(api: Any, worker: Any, tmp_path: Any) -> None:
+    path = tmp_path / "pid"
+    future = api.tasks.queue("cpu.sleeper", path=str(path), timeout=60)
+    for _ in range(200):
+        if path.exists() and path.read_text():
+            break
+        await asyncio.sleep(0.05)
+    pid = int(path.read_text())
+    assert await api.tasks.revoke(future.task_id)
+    task = await asyncio.wait_for(future, 10)
+    assert task.status_string == "REVOKED"
+    for _ in range(100):
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        await asyncio.sleep(0.05)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

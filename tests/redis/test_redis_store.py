@@ -1,0 +1,80 @@
+"""Redis-specific data store behaviour: the wire format of events, keys that expire on their own."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from redis_helpers import namespace_keys, wait_for
+
+
+async def test_events_are_framed_on_one_redis_channel_per_pq_channel(store):
+    raw = store.redis.pubsub()
+    await raw.subscribe(store.prefix + "events:task")
+    assert (await raw.get_message(timeout=5))["type"] == "subscribe"
+    await store.publish("task", "done", b"\x00payload\nwith newline")
+    message = await raw.get_message(ignore_subscribe_messages=True, timeout=5)
+    await raw.aclose()
+    assert message["channel"] == b"{%s}:events:task" % store.namespace.encode()
+    assert message["data"] == b"task\ndone\n\x00payload\nwith newline"
+
+
+async def test_event_names_cannot_hold_a_newline(store):
+    with pytest.raises(ValueError, match="newline"):
+        await store.publish("task", "do\nne", b"")
+
+
+async def test_handlers_awaited_in_order_and_a_failing_one_does_not_stop_the_others(store):
+    got: list[tuple[str, str, bytes]] = []
+    done = asyncio.Event()
+
+    def broken(channel: str, event: str, payload: bytes) -> None:
+        raise RuntimeError("handler bug")
+
+    async def handler(channel: str, event: str, payload: bytes) -> None:
+        await asyncio.sleep(0)
+        got.append((channel, event, payload))
+        if len(got) == 3:
+            done.set()
+
+    await store.subscribe(broken)
+    subscription = await store.subscribe(handler)
+    await store.redis.publish(store.prefix + "events:task", b"not an event")
+    for i in range(3):
+        await store.publish("task", f"e{i}", b"%d" % i)
+    await asyncio.wait_for(done.wait(), 5)
+    assert got == [("task", "e0", b"0"), ("task", "e1", b"1"), ("task", "e2", b"2")]
+    await subscription.close()
+    await subscription.close()
+
+
+async def test_last_subscription_closed_unsubscribes(store):
+    subscription = await store.subscribe(lambda *args: None, ["task"])
+    assert await store.redis.pubsub_numsub(store.channel + "task") == [((store.channel + "task").encode(), 1)]
+    await subscription.close()
+    await wait_for(lambda: _subscribers(store, 0))
+
+
+async def _subscribers(store, count: int) -> bool:
+    return await store.redis.pubsub_numsub(store.channel + "task") == [((store.channel + "task").encode(), count)]
+
+
+async def test_slot_counter_key_expires_with_its_last_lease(store):
+    assert await store.acquire_slot("limited", 2, "a", lease=0.1)
+    assert await store.acquire_slot("limited", 2, "b", lease=0.3)
+    assert await store.redis.pttl(store.prefix + "slots:limited") > 100
+    await wait_for(lambda: _no_keys(store), timeout=5)
+
+
+async def _no_keys(store) -> bool:
+    return await namespace_keys(store) == []
+
+
+async def test_records_locks_and_counters_use_plain_keys(store):
+    await store.set_task("t1", b"record", ttl=60)
+    await store.acquire_lock("scheduler", "me", ttl=60)
+    await store.incr("tasks.done", 2)
+    assert await store.redis.get(store.prefix + "task:t1") == b"record"
+    assert 0 < await store.redis.pttl(store.prefix + "task:t1") <= 60000
+    assert await store.redis.get(store.prefix + "lock:scheduler") == b"me"
+    assert await store.redis.hget(store.prefix + "counters", "tasks.done") == b"2"
