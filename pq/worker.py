@@ -143,13 +143,14 @@ class Worker:
                 await self._start_batch(deliveries)
 
     async def _start_batch(self, deliveries: list[Delivery]) -> None:
-        store = self.api.store
-        assert store is not None
-        try:
-            revoked = await store.revoked([d.id for d in deliveries])
-        except Exception:
-            logger.exception("%s cannot read revocations; running the batch", self.name)
-            revoked = set()
+        broker, store = self.api.broker, self.api.store
+        assert broker is not None and store is not None
+        revoked: set[str] = set()
+        if not (broker is store and broker.skips_revoked):  # else fetch already dropped them
+            try:
+                revoked = await store.revoked([d.id for d in deliveries])
+            except Exception:
+                logger.exception("%s cannot read revocations; running the batch", self.name)
         for delivery in deliveries:
             if delivery.id in revoked:
                 self._ack(delivery)

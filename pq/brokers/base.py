@@ -133,6 +133,11 @@ class Connection(abc.ABC):
 class MessageBroker(Connection):
     """The task queues."""
 
+    skips_revoked: bool = False
+    """True when ``fetch`` drops, with the take itself, the messages revoked in this same
+    object's data store: a consumer whose data store is this object then skips its own
+    ``revoked`` round trip per batch.  False (the safe default) for brokers that do not."""
+
     @abc.abstractmethod
     async def enqueue(self, envelopes: Sequence[Envelope]) -> None:
         """Put messages on their queues, in one round trip where the broker allows.

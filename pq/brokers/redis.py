@@ -48,6 +48,7 @@ class RedisStore(MessageBroker, RedisDataStore):
     """
 
     scheme = "redis"
+    skips_revoked = True  # FETCH removes messages whose {ns}:revoked:<id> exists
 
     def __init__(self, url: str, namespace: str = "pq", **options: Any) -> None:
         super().__init__(url, namespace, **options)

@@ -209,6 +209,7 @@ return added
 
 FETCH = Script(_BROKER + """
 -- ARGV[2] count (at most 1000), ARGV[3] lease ms, ARGV[4..] queues, first first.
+-- A message whose id is revoked ({ns}:revoked:<id> exists) is removed, as ACK would, not taken.
 -- Returns {ms to the next due delayed message or lease expiry (-1: none),
 --          then id, queue, body, deliveries, token per message taken}.
 local now = now_ms()
@@ -224,9 +225,14 @@ for i = 4, #ARGV do
   local ids = want > 0 and redis.call('LPOP', q, want)
   if ids then
     local found = redis.call('HMGET', key('body', queue), unpack(ids))
-    local live, bodies, leases = {}, {}, {}
+    local marks = {}
+    for j, id in ipairs(ids) do marks[j] = P .. 'revoked:' .. id end
+    local revoked = redis.call('MGET', unpack(marks))
+    local live, bodies, leases, dropped = {}, {}, {}, {}
     for j, id in ipairs(ids) do
-      if found[j] then
+      if found[j] and revoked[j] then
+        dropped[#dropped + 1] = id
+      elseif found[j] then
         live[#live + 1] = id
         bodies[#bodies + 1] = found[j]
         leases[#leases + 1] = expiry
@@ -245,6 +251,10 @@ for i = 4, #ARGV do
         out[#out + 1] = tokens[j]
       end
       want = want - #live
+    end
+    if #dropped > 0 then
+      remove(queue, dropped)
+      forget(queue)
     end
   end
   if redis.call('LLEN', q) > 0 then wake(queue) else redis.call('DEL', key('wake', queue)) end

@@ -264,6 +264,19 @@ async def test_acked_messages_and_expired_records_leave_no_key(store):
     await wait_for(lambda: no_keys(store), timeout=5)
 
 
+async def test_fetch_removes_revoked_messages_instead_of_leasing_them(store):
+    assert store.skips_revoked
+    await store.enqueue(envelopes(3) + envelopes(1, queue="other", prefix="x"))
+    await store.revoke("m1", ttl=60)
+    await store.revoke("x0", ttl=60)
+    taken = await store.fetch(["q", "other"], 10, 0, 30, "c")
+    assert [d.id for d in taken] == ["m0", "m2"]
+    await store.ack(taken)
+    assert await store.fetch(["q", "other"], 10, 0, 30, "c") == []
+    revocations = [(store.prefix + f"revoked:{i}").encode() for i in ("m1", "x0")]
+    assert await namespace_keys(store) == revocations
+
+
 async def no_keys(store: RedisStore) -> bool:
     return await namespace_keys(store) == []
 
