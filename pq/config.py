@@ -127,7 +127,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     # server shape
     Setting("workers", 4, _int(0), "Number of consumer actors (processes) consuming tasks.", short="-w"),
-    Setting("concurrent_tasks", 5, _int(1), "Maximum number of tasks one consumer runs at once."),
+    Setting("concurrent_tasks", 10, _int(1), "Maximum number of tasks one consumer runs at once."),
     Setting("task_queues", ["default"], _str_list,
             "Comma-separated queue names the consumers take tasks from; the first is the default queue."),
     Setting("task_paths", [], _str_list,
