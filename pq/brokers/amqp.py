@@ -17,6 +17,7 @@ import aiormq
 
 from ..exceptions import BrokerError
 from . import amqp_admin
+from .amqp_acks import Acks
 from .amqp_consumer import Consumer, Lease
 from .amqp_events import AmqpEvents
 from .amqp_publish import DROPPED, AmqpPublishing, dropped
@@ -220,8 +221,7 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
                     state = await self._consumer(consumer)
                     await state.channel.ready()
                 await state.prepare(queues)
-                out = state.take(queues, count)
-                out += await state.pull(queues, count - len(out))
+                out = await state.collect(queues, count)
                 if out or loop.time() >= deadline:
                     return out
                 await state.wait(queues, count, deadline)
@@ -256,10 +256,14 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
         """
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """basic.ack, one ``multiple`` frame per channel where the delivery tags allow it (see ``Acks``)."""
+        batches: dict[Acks, list[int]] = {}
         for delivery in deliveries:
             lease: Lease = delivery.token
             if lease.settle():
-                await self._settle(lease, lambda m: m.channel.basic_ack(m.delivery_tag, wait=False))
+                batches.setdefault(lease.acks, []).append(lease.message.delivery_tag)
+        for acks, tags in batches.items():
+            await self._settle(acks, acks.ack(tags))
 
     async def reject(self, delivery: Delivery, requeue: bool) -> None:
         """basic.reject, for the job's ack policy: requeued, or (``requeue=False``) to the dead letters.
@@ -269,15 +273,15 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
         """
         lease: Lease = delivery.token
         if lease.settle():
-            await self._settle(lease, lambda m: m.channel.basic_reject(m.delivery_tag, requeue=requeue, wait=False))
+            await self._settle(lease.acks, lease.acks.reject(lease.message.delivery_tag, requeue))
 
-    async def _settle(self, lease: Lease, action: Any) -> None:
+    async def _settle(self, acks: Acks, action: Any) -> None:
         try:
-            await action(lease.message)
+            await action
         except Exception as exc:
             if not dropped(exc):
                 raise
-            log.info("could not settle a delivery of %s (%s): RabbitMQ redelivers it", lease.source, exc)
+            log.info("could not settle deliveries of channel %s (%s): RabbitMQ redelivers them", acks.channel, exc)
 
     async def requeue(self, delivery: Delivery, body: bytes | None = None, delay: float = 0.0) -> None:
         """Publish the new body (delayed if asked) to the queue it came from, then ack the old one."""
@@ -306,10 +310,10 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
             await self.publish_all([out])
         except BaseException:
             if lease.settle():
-                await self._settle(lease, lambda m: m.channel.basic_reject(m.delivery_tag, requeue=True, wait=False))
+                await self._settle(lease.acks, lease.acks.reject(lease.message.delivery_tag, True))
             raise
         if lease.settle():
-            await self._settle(lease, lambda m: m.channel.basic_ack(m.delivery_tag, wait=False))
+            await self._settle(lease.acks, lease.acks.ack([lease.message.delivery_tag]))
 
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         return await amqp_admin.dead_letters(self, queue, limit)

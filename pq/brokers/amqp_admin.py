@@ -167,10 +167,9 @@ async def purge(broker: AmqpBroker, queue: str) -> int:
     ready, delayed = _names(broker, queue)
     buffered = 0
     for consumer in broker.consumers.values():
-        for message, _ in consumer.buffers.pop(queue, ()):
-            if not message.channel.is_closed:
-                await message.channel.basic_ack(message.delivery_tag, wait=False)
-                buffered += 1
+        messages = consumer.drop_buffered(queue)
+        await consumer.acks.ack(m.delivery_tag for m in messages if m.channel is consumer.acks.channel)
+        buffered += len(messages)
     return buffered + sum((await probe(broker, ready + delayed, purge=True)).values())
 
 

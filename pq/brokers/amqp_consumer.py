@@ -1,12 +1,21 @@
 """One pq consumer's AMQP channel: what it takes, holds and waits for.
 
-``fetch`` first *pulls*, queue by queue, so the first queue comes first and
-nothing is taken beyond ``count``: one ``basic.get``, and when its
+``fetch`` goes queue by queue, so the first queue comes first and nothing
+is taken beyond ``count``.  A consumer holding nothing that finds a backlog
+(``queue.declare`` passive shows ``BURST`` or more ready) opens a *stream*: a
+``basic.consume`` kept open across fetches, with a per-consumer prefetch of
+``count``, its free slots, which are then all its slots.  Every delivery it
+holds comes from the stream and stays unacked until the task ran, so
+RabbitMQ pushes exactly as many as slots free up, and a fetch takes what
+was pushed without a round trip (earlier queues are still asked first, with
+``basic.get``).  The stream ends when nothing arrives for ``BURST_IDLE``
+while a fetch waits: the queue ran dry, or the caller wants more than its
+prefetch.  Otherwise a fetch pulls: ``basic.get``, and when its
 ``message_count`` shows more are ready, a short burst (``basic.consume`` with
-a per-consumer prefetch of what is still wanted, then cancel).  Only when
-every queue is empty does it *subscribe* (prefetch equal to the free slots it
-waits to fill) and block until RabbitMQ pushes something, then cancel.  So a consumer never holds more than it asked for, and between
-fetches RabbitMQ pushes it nothing that another consumer could have run.
+a prefetch of what is still wanted, then cancel).  Only when every queue is
+empty does it *subscribe* (prefetch equal to the free slots it waits to
+fill) and block until RabbitMQ pushes something, then cancel.  So RabbitMQ
+never hands a consumer more than its free slots.
 """
 from __future__ import annotations
 
@@ -19,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from aiormq.abc import DeliveredMessage
 
+from .amqp_acks import Acks
+from .amqp_publish import dropped
 from .amqp_topology import HDR_DELIVERIES, HDR_ETA
 from .base import Delivery
 
@@ -28,11 +39,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("pq.brokers.amqp")
 
 BURST = 4
-# A server's broadcast queue outlives a restart of its consumers by this much, then goes.
-BROADCAST_EXPIRES_MS = 60_000
 """A fetch wanting at least this many more of a queue that has them gets them pushed, not one get each."""
 BURST_IDLE = 0.02
-"""A burst ends when nothing more arrived for this long (another consumer took the rest)."""
+"""A burst or a stream ends when nothing more arrived for this long (another consumer took the rest)."""
+BROADCAST_EXPIRES_MS = 60_000
+"""A server's broadcast queue outlives a restart of its consumers by this much, then goes."""
 
 
 def header_int(headers: dict[str, Any], name: str, default: int = 0) -> int:
@@ -44,15 +55,16 @@ def header_int(headers: dict[str, Any], name: str, default: int = 0) -> int:
 
 
 class Lease:
-    """``Delivery.token``: the raw delivery, its consumer, and the queue it came from."""
+    """``Delivery.token``: the raw delivery, its consumer, the queue it came from, its channel's acks."""
 
-    __slots__ = ("message", "consumer", "queue", "source", "done")
+    __slots__ = ("message", "consumer", "queue", "source", "acks", "done")
 
-    def __init__(self, message: DeliveredMessage, consumer: Consumer, queue: str, source: str) -> None:
+    def __init__(self, message: DeliveredMessage, consumer: Consumer, queue: str, source: str, acks: Acks) -> None:
         self.message = message
         self.consumer = consumer
         self.queue = queue
         self.source = source
+        self.acks = acks
         self.done = False
 
     @property
@@ -86,6 +98,8 @@ class Consumer:
         self.tags: dict[str, str] = {}
         self.buffers: dict[str, deque[tuple[DeliveredMessage, int]]] = {}
         self.leased: set[Lease] = set()
+        self.acks = Acks(None)
+        self.stream: tuple[str, str] | None = None
         self.waiting = 0
         self.subscribed_with = 0
         self.consumer_prefetch = -1
@@ -112,6 +126,8 @@ class Consumer:
             self.tags.clear()
             self.buffers.clear()
             self.leased.clear()
+            self.acks = Acks(underlay)
+            self.stream = None
             self.consumer_prefetch = -1
             underlay.on_consumer_cancel_callbacks.add(self.on_cancel)
         topology = self.broker.topology
@@ -143,39 +159,116 @@ class Consumer:
 
     # taking --------------------------------------------------------------
     def lease(self, message: DeliveredMessage, queue: str, deliveries: int) -> Delivery:
-        lease = Lease(message, self, queue, self.sources.get(queue, ""))
+        lease = Lease(message, self, queue, self.sources.get(queue, ""), self.acks)
         self.leased.add(lease)
         msg_id = message.header.properties.message_id or ""
         return Delivery(msg_id, queue, message.body, deliveries, lease)
 
-    def take(self, queues: Sequence[str], count: int) -> list[Delivery]:
-        """Up to ``count`` messages RabbitMQ pushed during an earlier wait, first queue first."""
+    def take(self, queue: str, count: int) -> list[Delivery]:
+        """Up to ``count`` messages of ``queue`` RabbitMQ pushed earlier."""
         out: list[Delivery] = []
-        for queue in queues:
-            buffer = self.buffers.get(queue)
-            while buffer and len(out) < count:
-                message, deliveries = buffer.popleft()
-                if not message.channel.is_closed:
-                    out.append(self.lease(message, queue, deliveries))
+        buffer = self.buffers.get(queue)
+        while buffer and len(out) < count:
+            message, deliveries = buffer.popleft()
+            if not message.channel.is_closed:
+                out.append(self.lease(message, queue, deliveries))
         return out
 
-    async def pull(self, queues: Sequence[str], count: int) -> list[Delivery]:
-        """Up to ``count`` messages, queue by queue: basic.get, or a burst when many are ready."""
+    async def collect(self, queues: Sequence[str], count: int) -> list[Delivery]:
+        """Up to ``count`` messages, queue by queue: pushed ones, then the stream or basic.get."""
+        if self.stream is not None and self.stream[0] not in queues:
+            await self.end_stream()
+        out: list[Delivery] = []
+        for queue in queues:
+            if len(out) >= count:
+                break
+            out += self.take(queue, count - len(out))
+            if self.stream is not None and self.stream[0] == queue:
+                if out or await self.arrival(queue):
+                    out += self.take(queue, count - len(out))
+                    break
+                await self.end_stream()
+            out += await self.pull(queue, count - len(out))
+        return out
+
+    async def pull(self, queue: str, count: int) -> list[Delivery]:
+        """Up to ``count`` messages of ``queue``: a stream on a backlog, basic.get, or a burst."""
         out: list[Delivery] = []
         underlay = self.underlay
-        for queue in queues:
-            while len(out) < count and self.room(queue, 1):
-                message = await underlay.basic_get(self.sources[queue])
-                if message.delivery_tag is None:
-                    break
-                deliveries = await self.accept(message, queue, underlay)
-                if deliveries is not None:
-                    out.append(self.lease(message, queue, deliveries))
-                burst = min(self.room(queue, count - len(out)), message.message_count or 0)
-                if burst >= BURST:
-                    await self.burst(queue, burst)
-                    out += self.take([queue], count - len(out))
+        source = self.sources[queue]
+        if self.stream is None and not self.leased and not any(self.buffers.values()) and self.room(queue, 1) \
+                and queue not in self.broker.topology.options.prefetch:
+            ready = (await underlay.queue_declare(source, passive=True)).message_count or 0
+            if ready >= BURST:
+                await self.open_stream(queue, count)
+                await self.gather(queue, min(count, ready))
+                return self.take(queue, count)
+            if not ready:
+                return out
+        while len(out) < count and self.room(queue, 1):
+            message = await underlay.basic_get(source)
+            if message.delivery_tag is None:
+                break
+            deliveries = await self.accept(message, queue, underlay)
+            if deliveries is not None:
+                out.append(self.lease(message, queue, deliveries))
+            burst = min(self.room(queue, count - len(out)), message.message_count or 0)
+            if burst >= BURST:
+                await self.burst(queue, burst)
+                out += self.take(queue, count - len(out))
         return out
+
+    async def gather(self, queue: str, count: int) -> None:
+        """Wait until ``count`` of ``queue`` are buffered, or nothing more arrived for ``BURST_IDLE``."""
+        while (seen := len(self.buffers.get(queue, ()))) < count:
+            if not await self.arrival(queue, seen):
+                return
+
+    async def arrival(self, queue: str, seen: int = 0) -> bool:
+        """Wait up to ``BURST_IDLE`` for ``queue``'s buffer to grow past ``seen``."""
+        try:
+            async with asyncio.timeout(BURST_IDLE):
+                while len(self.buffers.get(queue, ())) <= seen:
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def open_stream(self, queue: str, prefetch: int) -> None:
+        """basic.consume ``queue`` with prefetch ``prefetch``, kept open across fetches."""
+        underlay = self.underlay
+        if prefetch != self.consumer_prefetch:
+            await underlay.basic_qos(prefetch_count=prefetch, global_=False)
+            self.consumer_prefetch = prefetch
+        tag = f"{self.name}.{queue}.stream.{uuid.uuid4().hex[:8]}"
+        await underlay.basic_consume(self.sources[queue], self.pusher(queue, underlay), consumer_tag=tag)
+        self.stream = (queue, tag)
+
+    async def end_stream(self) -> None:
+        """Cancel the stream; what it pushed before stays buffered for the next fetch."""
+        stream, self.stream = self.stream, None
+        if stream is not None and self.underlay is not None and not self.underlay.is_closed:
+            try:
+                await self.underlay.basic_cancel(stream[1])
+            except Exception as exc:
+                if not dropped(exc):
+                    raise
+                log.debug("cancel of %s failed: %s", stream[1], exc)
+
+    def pusher(self, queue: str, underlay: Any) -> Any:
+        """The basic.consume callback: count or send round each pushed message, buffer the rest."""
+        async def on_message(message: DeliveredMessage) -> None:
+            deliveries = await self.accept(message, queue, underlay)
+            if deliveries is not None:
+                self.buffers.setdefault(queue, deque()).append((message, deliveries))
+                self.arrived.set()
+
+        return on_message
+
+    def drop_buffered(self, queue: str) -> list[DeliveredMessage]:
+        """Forget what was pushed of ``queue`` (for purge): the live messages, to be acked."""
+        return [message for message, _ in self.buffers.pop(queue, ()) if not message.channel.is_closed]
 
     async def burst(self, queue: str, count: int) -> None:
         """Have RabbitMQ push ``count`` ready messages (prefetch ``count``) instead of one get each.
@@ -184,29 +277,13 @@ class Consumer:
         the burst also ends when nothing arrives for ``BURST_IDLE``.
         """
         underlay = self.underlay
-        pushed = asyncio.Event()
-        arrived = 0
-
-        async def on_message(message: DeliveredMessage) -> None:
-            nonlocal arrived
-            deliveries = await self.accept(message, queue, underlay)
-            if deliveries is not None:
-                self.buffers.setdefault(queue, deque()).append((message, deliveries))
-                arrived += 1
-                pushed.set()
-
         if count != self.consumer_prefetch:
             await underlay.basic_qos(prefetch_count=count, global_=False)
             self.consumer_prefetch = count
         tag = f"{self.name}.{queue}.burst.{uuid.uuid4().hex[:8]}"
-        await underlay.basic_consume(self.sources[queue], on_message, consumer_tag=tag)
+        await underlay.basic_consume(self.sources[queue], self.pusher(queue, underlay), consumer_tag=tag)
         try:
-            while arrived < count:
-                pushed.clear()
-                async with asyncio.timeout(BURST_IDLE):
-                    await pushed.wait()
-        except TimeoutError:
-            pass
+            await self.gather(queue, len(self.buffers.get(queue, ())) + count)
         finally:
             await underlay.basic_cancel(tag)
 
@@ -224,19 +301,33 @@ class Consumer:
         if broker.topology.options.queue_type == "quorum":
             deliveries += header_int(headers, "x-delivery-count")
         elif message.redelivered and not broker.topology.is_broadcast(queue):
-            if await broker.republish(message, queue, ("", source), {HDR_DELIVERIES: deliveries + 1}):
+            if await self.send_round(message, queue, ("", source), {HDR_DELIVERIES: deliveries + 1}):
                 return None
             deliveries += 1
         eta = header_int(headers, HDR_ETA) / 1000
         remaining = eta - time.time() if eta else 0.0
         if remaining > broker.topology.options.delay_hold:
-            if await broker.republish(message, queue, ("", source), {}, eta=eta):
+            if await self.send_round(message, queue, ("", source), {}, eta=eta):
                 return None
         elif remaining > 0:
             await asyncio.sleep(remaining)
         if message.channel.is_closed or underlay is not self.underlay:
             return None
         return deliveries
+
+    async def send_round(self, message: DeliveredMessage, queue: str, target: Any, headers: dict[str, Any],
+                         eta: float | None = None) -> bool:
+        """Republish a copy of ``message`` and ack it: True when done (the copy comes round instead)."""
+        if not await self.broker.republish(message, queue, target, headers, eta):
+            return False
+        if message.channel is self.acks.channel:
+            try:
+                await self.acks.ack([message.delivery_tag])
+            except Exception as exc:
+                if not dropped(exc):
+                    raise
+                log.info("could not ack a republished message of %s (%s): RabbitMQ redelivers it", queue, exc)
+        return True
 
     # waiting -------------------------------------------------------------
     async def wait(self, queues: Sequence[str], count: int, deadline: float) -> None:
@@ -245,6 +336,7 @@ class Consumer:
         self.waiting += count
         try:
             async with self.lock:
+                await self.end_stream()
                 await self.subscribe(queues)
             if not any(self.buffers.get(queue) for queue in queues):
                 self.arrived.clear()
@@ -277,14 +369,7 @@ class Consumer:
                 await underlay.basic_qos(prefetch_count=room, global_=False)
                 self.consumer_prefetch = room
             tag = self.tags[queue] = f"{self.name}.{queue}.{uuid.uuid4().hex[:8]}"
-
-            async def on_message(message: DeliveredMessage, queue: str = queue) -> None:
-                deliveries = await self.accept(message, queue, underlay)
-                if deliveries is not None:
-                    self.buffers.setdefault(queue, deque()).append((message, deliveries))
-                    self.arrived.set()
-
-            await underlay.basic_consume(self.sources[queue], on_message, consumer_tag=tag)
+            await underlay.basic_consume(self.sources[queue], self.pusher(queue, underlay), consumer_tag=tag)
         self.subscribed_with = self.waiting
 
     async def unsubscribe(self) -> None:
@@ -300,6 +385,9 @@ class Consumer:
 
     def on_cancel(self, frame: Any) -> None:
         """RabbitMQ cancelled a consumer (its queue was deleted): declare and subscribe again."""
+        if self.stream is not None and self.stream[1] == frame.consumer_tag:
+            self.broker.declared.pop(self.sources.pop(self.stream[0], ""), None)
+            self.stream = None
         for queue, tag in list(self.tags.items()):
             if tag == frame.consumer_tag:
                 del self.tags[queue]

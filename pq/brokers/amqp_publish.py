@@ -193,7 +193,7 @@ class AmqpPublishing:
         self, message: DeliveredMessage, queue: str, target: Target, headers: dict[str, Any],
         eta: float | None = None,
     ) -> bool:
-        """Publish a copy of a delivered message (new headers, maybe delayed), then ack it.
+        """Publish a copy of a delivered message (new headers, maybe delayed), confirmed; the caller acks it.
 
         Used to count a redelivery and to send an early message round again;
         False, with a log line, when it could not be done (the caller then
@@ -205,7 +205,6 @@ class AmqpPublishing:
         out = self.outgoing(props.message_id or "", message.body, target, None, eta, merged, owner=queue)
         try:
             await self.publish_all([out])
-            await message.channel.basic_ack(message.delivery_tag, wait=False)
         except Exception as exc:
             log.warning("could not republish a message of %s: %s", target[1], exc)
             return False
