@@ -2,7 +2,8 @@
 
 Each pq channel is the Redis pub/sub channel ``{ns}:events:<channel>``; a
 store has one listener, subscribed to the channels its handlers want.  A
-message is ``<channel>\\n<event>\\n<payload>``.  The listener survives a lost server: it reconnects with backoff and redis-py
+message is ``<channel>\\n<event>\\n<payload>``, or a batch frame of several events
+(``batch_frame``).  The listener survives a lost server: it reconnects with backoff and redis-py
 subscribes the new connection again.  Events published while the server was
 away are lost, as with any Redis pub/sub.
 """
@@ -83,11 +84,58 @@ class NotingRetry(Retry):
         return await super().call_with_retry(do, failed, is_retryable, with_failure_count)
 
 
+BATCH = "*"
+"""The event name that marks a frame carrying several events of one channel."""
+
+
 def frame(channel: str, event: str, payload: bytes) -> bytes:
     """The bytes published for one event."""
     if "\n" in channel or "\n" in event:
         raise ValueError("event channel and name cannot contain a newline")
+    if event == BATCH:
+        raise ValueError(f"{BATCH!r} is not an event name: it marks a batch frame")
     return f"{channel}\n{event}\n".encode() + payload
+
+
+def batch_frame(channel: str, events: Sequence[tuple[str, bytes]]) -> bytes:
+    """The bytes published for several events of ``channel`` at once (one PUBLISH, not one each):
+    ``<channel>\\n*\\n`` then ``<event>\\n<payload length>\\n<payload>`` per event, in order.
+    A single event keeps the plain frame."""
+    if len(events) == 1:
+        return frame(channel, *events[0])
+    if "\n" in channel:
+        raise ValueError("event channel and name cannot contain a newline")
+    parts = [f"{channel}\n{BATCH}\n".encode()]
+    for event, payload in events:
+        if "\n" in event or event == BATCH:
+            raise ValueError(f"{event!r} is not an event name")
+        parts += (f"{event}\n{len(payload)}\n".encode(), payload)
+    return b"".join(parts)
+
+
+def unframe(data: bytes) -> tuple[str, list[tuple[str, bytes]]] | None:
+    """The channel and events of a published message (plain or batch frame); None if malformed."""
+    parts = data.split(b"\n", 2)
+    if len(parts) != 3:
+        return None
+    channel, event, rest = parts[0].decode(errors="replace"), parts[1].decode(errors="replace"), parts[2]
+    if event != BATCH:
+        return channel, [(event, rest)]
+    found: list[tuple[str, bytes]] = []
+    pos, end = 0, len(rest)
+    try:
+        while pos < end:
+            name_end = rest.index(b"\n", pos)
+            size_end = rest.index(b"\n", name_end + 1)
+            start = size_end + 1
+            stop = start + int(rest[name_end + 1:size_end])
+            if stop > end or stop < start:
+                return None
+            found.append((rest[pos:name_end].decode(errors="replace"), rest[start:stop]))
+            pos = stop
+    except ValueError:
+        return None
+    return channel, found
 
 
 class EventSubscription(Subscription):
@@ -205,19 +253,21 @@ class EventHub:
     async def _dispatch(self, data: bytes, every_channel: bool) -> None:
         """To the handlers of every channel (a pattern message) or of this one (a channel message):
         Redis sends an event once for each way it is subscribed."""
-        parts = data.split(b"\n", 2)
-        if len(parts) != 3:
+        unframed = unframe(data)
+        if unframed is None:
             logger.warning("ignoring a malformed event on %s*", self.prefix)
             return
-        channel, event = parts[0].decode(errors="replace"), parts[1].decode(errors="replace")
-        for subscription in list(self.subscriptions):
-            if (subscription.channels is None) != every_channel or (
-                subscription.channels is not None and channel not in subscription.channels
-            ):
-                continue
-            try:
-                result = subscription.handler(channel, event, parts[2])
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception("event handler failed on %s %s", channel, event)
+        channel, found = unframed
+        handlers = [
+            subscription.handler for subscription in list(self.subscriptions)
+            if (subscription.channels is None) == every_channel
+            and (subscription.channels is None or channel in subscription.channels)
+        ]
+        for event, payload in found:
+            for handler in handlers:
+                try:
+                    result = handler(channel, event, payload)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    logger.exception("event handler failed on %s %s", channel, event)

@@ -12,7 +12,7 @@ from typing import Any, Callable, ContextManager, Sequence
 from redis.asyncio import Redis
 
 from .base import DataStore, Envelope, EventHandler, Subscription
-from .redis_events import EventHub, frame
+from .redis_events import EventHub, batch_frame, frame
 from .redis_scripts import CLOCK, Script, ms
 
 
@@ -50,9 +50,12 @@ class RedisDataStore(DataStore):
                 await pipe.execute()
 
     def _pipe_events(self, pipe: Any, items: Sequence[tuple[str, bytes, float | None, str]]) -> None:
-        for task_id, body, ttl, event in items:
+        """The records, then their events in one PUBLISH: subscribers get them in order."""
+        if not items:
+            return
+        for task_id, body, ttl, _ in items:
             pipe.set(self._key("task", task_id), body, px=None if ttl is None else ms(ttl))
-            pipe.publish(self.channel + "task", frame("task", event, body))
+        pipe.publish(self.channel + "task", batch_frame("task", [(event, body) for _, body, _, event in items]))
 
     # task records -----------------------------------------------------------
     async def set_task(self, task_id: str, body: bytes, ttl: float | None = None) -> None:

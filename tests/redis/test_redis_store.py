@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 
+from pq.brokers.redis_events import batch_frame, frame
 from redis_helpers import namespace_keys, wait_for
 
 
@@ -22,6 +23,45 @@ async def test_events_are_framed_on_one_redis_channel_per_pq_channel(store):
 async def test_event_names_cannot_hold_a_newline(store):
     with pytest.raises(ValueError, match="newline"):
         await store.publish("task", "do\nne", b"")
+
+
+async def test_task_events_of_one_call_are_one_batch_frame_delivered_in_order(store, caplog):
+    raw = store.redis.pubsub()
+    await raw.subscribe(store.prefix + "events:task")
+    assert (await raw.get_message(timeout=5))["type"] == "subscribe"
+    tasks, everything = [], []
+    await store.subscribe(lambda *event: tasks.append(event), ["task"])
+    await store.subscribe(lambda *event: everything.append(event))
+    payloads = [b"", b"two\nlines", b"\x00" * 300]
+    items = [(f"t{i}", payload, None, event) for i, (event, payload) in enumerate(zip(["queued", "started", "done"], payloads))]
+    await store.task_events(items)
+    await store.task_events([("t3", b"alone", 60.0, "done")])
+    first = await raw.get_message(ignore_subscribe_messages=True, timeout=5)
+    second = await raw.get_message(ignore_subscribe_messages=True, timeout=5)
+    await raw.aclose()
+    assert first["data"] == b"task\n*\nqueued\n0\nstarted\n9\ntwo\nlinesdone\n300\n" + b"\x00" * 300
+    assert second["data"] == b"task\ndone\nalone"
+    expected = [("task", "queued", b""), ("task", "started", b"two\nlines"), ("task", "done", b"\x00" * 300),
+                ("task", "done", b"alone")]
+    await wait_for(lambda: tasks == expected and everything == expected, timeout=5)
+    assert await store.get_tasks(["t0", "t1", "t2", "t3"]) == [*payloads, b"alone"]
+
+
+async def test_malformed_batch_frames_are_ignored(store, caplog):
+    got = []
+    await store.subscribe(lambda *event: got.append(event), ["task"])
+    for bad in (b"task\n*\ndone\n10\nshort", b"task\n*\ndone\nx\n", b"task\n*\ndone"):
+        await store.redis.publish(store.prefix + "events:task", bad)
+    await store.publish("task", "done", b"ok")
+    await wait_for(lambda: got == [("task", "done", b"ok")], timeout=5)
+    assert caplog.text.count("malformed") == 3
+
+
+def test_star_is_not_an_event_name():
+    with pytest.raises(ValueError, match="batch"):
+        frame("task", "*", b"")
+    with pytest.raises(ValueError):
+        batch_frame("task", [("done", b""), ("*", b"")])
 
 
 async def test_handlers_awaited_in_order_and_a_failing_one_does_not_stop_the_others(store):
