@@ -147,7 +147,7 @@ class AmqpPublishing:
                     await self._prepare(channel, pending)
                     results = await asyncio.gather(
                         *(channel.basic_publish(o.body, exchange=o.exchange, routing_key=o.key,
-                                                properties=o.properties, mandatory=o.mandatory)
+                                                properties=o.properties, mandatory=o.mandatory, wait=False)
                           for o in pending),
                         return_exceptions=True,
                     )
