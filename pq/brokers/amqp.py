@@ -33,13 +33,17 @@ CHANNEL_WAIT = 1.0
 class AmqpBroker(AmqpPublishing, MessageBroker):
     """Task queues on RabbitMQ: durable queues, persistent messages, publisher confirms.
 
-    **Leases.**  Each consumer name has its own channel.  ``fetch`` pulls
-    first queue first, never more than ``count`` (``basic.get``, or a short
-    ``basic.consume`` burst with prefetch = what is still wanted when many
-    are ready) and, when every queue is empty, subscribes with a prefetch
-    equal to ``count`` (the free slots) and blocks until RabbitMQ pushes a
-    message.  So RabbitMQ never hands a consumer more than its free slots,
-    and nothing sits in an idle consumer's buffer.  A message taken stays
+    **Leases.**  Each consumer name has its own channel.  ``fetch`` goes
+    first queue first, never more than ``count``: a consumer holding nothing
+    that finds a backlog keeps one ``basic.consume`` open across fetches with
+    prefetch = ``count`` (its slots), so every slot freed by an ack is
+    refilled by a push and fetches take without round trips; otherwise
+    ``basic.get``, or a short burst with prefetch = what is still wanted; and
+    when every queue is empty, it subscribes with a prefetch equal to
+    ``count`` (the free slots) and blocks until RabbitMQ pushes a message
+    (see ``amqp_consumer``).  So RabbitMQ never hands a consumer more than
+    its free slots, and nothing sits in an idle consumer's buffer.  Acks of
+    a batch go as one ``basic.ack multiple`` where the delivery tags allow.  A message taken stays
     unacked until ``ack``: the lease lasts as long as the channel, and a
     consumer that dies (or loses its connection) mid-task has its messages
     requeued by RabbitMQ itself.  Acking a delivery of a channel that closed
