@@ -35,6 +35,7 @@ NODE_ENV = "PQ_NODE_NAME"
 # A waiter re-reads the task record this often, in case an event was lost.
 RECHECK_INTERVAL = 5.0
 SWEEP_SIZE = 500  # records re-read per sweep, oldest waited first
+QUEUE_BATCH = 1000  # tasks queued in one store call at most
 
 
 def node_name(cfg: "Config") -> str:
@@ -64,7 +65,7 @@ class Producer:
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._sweeper: asyncio.Future | None = None
         self._events: Batcher[tuple[str, bytes, float | None, str]]
-        self._queued: Batcher[tuple[Task, bytes]]
+        self._queueing: _QueueBatch | None = None
         from .taskapi import TasksApi
 
         self.tasks = TasksApi(self)
@@ -147,7 +148,6 @@ class Producer:
             await broker.connect()
         self.store, self.broker = store, broker
         self._events = Batcher(store.task_events)
-        self._queued = Batcher(self._write_queued)
         await self.manager.start()
 
     def close(self) -> ApiFuture:
@@ -158,6 +158,7 @@ class Producer:
         if self._starting is None:
             return
         self._starting = None
+        self._queueing = None
         await self.manager.close()
         listening, self._listening = self._listening, {}
         for subscribing in listening.values():
@@ -199,8 +200,8 @@ class Producer:
         self.callbacks.remove(channel, event, callback)
 
     async def _on_event(self, channel: str, event: str, payload: bytes) -> None:
-        if channel == events.TASK and not self._waiters and not self.callbacks.wants(channel):
-            return  # a consumer's api: nobody here waits for tasks, skip the decoding
+        if channel == events.TASK and not self.callbacks.wants(channel) and (event != events.DONE or not self._waiters):
+            return  # only done events resolve waiters: without callbacks the rest need no decoding
         try:
             if channel == events.TASK:
                 task = self.decode_task(payload)
@@ -261,7 +262,54 @@ class Producer:
 
     async def enqueue_tasks(self, tasks: list[tuple[Task, bytes]]) -> None:
         """Put new tasks on their queues, record them and publish ``queued``; bursts share round trips."""
-        await self._queued.add(tasks)
+        if tasks:
+            await self._enqueue_soon(asyncio.get_running_loop(), tasks, None)
+
+    def queue_now(self, task: Task, body: bytes) -> "asyncio.Future[Task] | None":
+        """Queue a new task without a coroutine of its own, when called on the api's loop once
+        started (else None: take the coroutine path).
+
+        The future resolves in ``task`` once it is queued: a single ``queue()`` costs the
+        caller one write shared with the loop turn's other calls.
+        """
+        loop, starting = self._loop, self._starting
+        if loop is None or starting is None or not _succeeded(starting) or _running_loop() is not loop:
+            return None
+        return self._enqueue_soon(loop, [(task, body)], task)
+
+    def _enqueue_soon(
+        self, loop: asyncio.AbstractEventLoop, tasks: list[tuple[Task, bytes]], result: Any
+    ) -> "asyncio.Future[Any]":
+        """Add ``tasks`` to the next queued write, started if none waits to start; the future
+        resolves in ``result`` once they are written.  The write takes what was added before
+        it starts (the next loop turn), up to QUEUE_BATCH tasks."""
+        batch = self._queueing
+        if batch is None:
+            batch = self._queueing = _QueueBatch()
+            loop.create_task(self._write_batch(batch))
+        future = loop.create_future()
+        batch.tasks += tasks
+        batch.futures.append((future, result))
+        if len(batch.tasks) >= QUEUE_BATCH:
+            self._queueing = None
+        return future
+
+    async def _write_batch(self, batch: "_QueueBatch") -> None:
+        if self._queueing is batch:
+            self._queueing = None
+        try:
+            await self._write_queued(batch.tasks)
+        except Exception as exc:
+            for future, _ in batch.futures:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for future, result in batch.futures:
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            for future, _ in batch.futures:
+                future.cancel()  # only those left pending: this write was cancelled
 
     async def _write_queued(self, tasks: list[tuple[Task, bytes]]) -> None:
         """Record first, then enqueue: a consumer may finish a task at once, and a QUEUED
@@ -296,11 +344,16 @@ class Producer:
         except asyncio.TimeoutError:
             raise TimeoutError(f"task {task_id} not done within {timeout} seconds") from None
         finally:
-            waiters = self._waiters.get(task_id)
-            if not waiter.done() and waiters and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[task_id]
+            if not waiter.done():
+                self.drop_waiter(task_id, waiter)
+
+    def drop_waiter(self, task_id: str, waiter: "asyncio.Future[Task]") -> None:
+        """Forget a waiter nobody awaits any more."""
+        waiters = self._waiters.get(task_id)
+        if waiters and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self._waiters[task_id]
 
     async def _sweep(self) -> None:
         """Now and then read the records of the oldest waited tasks, in case a done event was lost."""
@@ -321,7 +374,7 @@ class Producer:
 
     # codec ----------------------------------------------------------------------
     def encode_task(self, task: Task) -> bytes:
-        return self.codec.encode(task.to_dict())
+        return self.codec.encode(task.to_message())
 
     def decode_task(self, body: bytes) -> Task:
         return Task.from_dict(self.codec.decode(body))
@@ -337,3 +390,24 @@ class Producer:
     @property
     def consumers(self) -> list[Any]:
         return [self.tasks]
+
+
+class _QueueBatch:
+    """Tasks queued in one loop turn, and the futures of their callers."""
+
+    __slots__ = ("tasks", "futures")
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[Task, bytes]] = []
+        self.futures: list[tuple[asyncio.Future, Any]] = []
+
+
+def _succeeded(future: asyncio.Future) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

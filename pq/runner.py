@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from .producer import Producer
 
 
+# Argument name sets remembered per job as accepted: a queue_many of one shape binds once.
+ACCEPTED_MAX = 64
+
+
 class BadArguments(PQError):
     """The task's keyword arguments do not fit the job's signature."""
 
@@ -31,6 +35,12 @@ def check_runnable(job_class: type[Job], kwargs: dict[str, Any], cfg: Any = None
             f"job {job_class.name!r} is disabled; start the server with "
             f"--{job_class.enabled_by.replace('_', '-')} to allow it"
         )
+    accepted = job_class.__dict__.get("_accepted")
+    if accepted is None:
+        accepted = job_class._accepted = set()  # type: ignore[attr-defined]
+    names = frozenset(kwargs) if isinstance(kwargs, dict) else None
+    if names in accepted:  # binding depends on the argument names only
+        return
     signature = job_class.__dict__.get("_signature")
     if signature is None:
         signature = inspect.signature(job_class.__call__)
@@ -39,6 +49,8 @@ def check_runnable(job_class: type[Job], kwargs: dict[str, Any], cfg: Any = None
         signature.bind(None, **kwargs)
     except TypeError as exc:
         raise BadArguments(f"job {job_class.name!r} cannot take these arguments: {exc}") from None
+    if names is not None and len(accepted) < ACCEPTED_MAX:
+        accepted.add(names)
 
 
 def describe_exception(exc: BaseException) -> str:

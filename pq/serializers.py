@@ -30,12 +30,16 @@ class Codec:
         raise NotImplementedError
 
 
+# One encoder for every message: json.dumps with options builds a new one per call.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 class JsonCodec(Codec):
     name = "json"
 
     def encode(self, data: dict[str, Any]) -> bytes:
         try:
-            return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+            return _JSON_ENCODER.encode(data).encode()
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"cannot encode as JSON: {exc}; pass only str, int, float, bool, None, "

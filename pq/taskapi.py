@@ -1,7 +1,6 @@
 """``api.tasks``: queue tasks and read them back (pulsar-queue's tasks producer)."""
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -9,7 +8,9 @@ from . import events
 from .exceptions import PQError, SerializationError
 from .runner import check_runnable, run_task
 from .stats import cluster_stats
-from .tasks import QUEUED, READY_STATES, REVOKED, STARTED, SUCCESS, ApiFuture, Task, TaskFuture, new_task_id
+from .tasks import (
+    QUEUED, READY_STATES, REVOKED, STARTED, SUCCESS, ApiFuture, DeferredTaskFuture, Task, TaskFuture, new_task_id,
+)
 
 if TYPE_CHECKING:
     from .producer import Producer
@@ -43,7 +44,13 @@ class TasksApi:
         """Queue a task; the future resolves once it is done (or queued, with ``callback=False``)."""
         if queue is False:
             return self.execute(jobname, **kwargs)
-        task, body = self._make(jobname, queue, delay, eta, timeout, meta_params, task_id, kwargs)
+        ((task, body),) = self._make(jobname, (kwargs,), queue, delay, eta, timeout, meta_params, task_id)
+        if not callback:
+            task.done_callback = self._done_future(task.id)
+            if task_id is None:
+                queued = self.api.queue_now(task, body)
+                if queued is not None:
+                    return TaskFuture(task.id, queued)
         return TaskFuture(task.id, self.api.call(self._queue(task, body, callback, task_id is not None)))
 
     def queue_local(self, jobname: str, **kwargs: Any) -> TaskFuture:
@@ -56,17 +63,20 @@ class TasksApi:
         delay: float | None = None, meta_params: dict[str, Any] | None = None,
     ) -> ApiFuture:
         """Queue many tasks of one job in one broker round trip; resolves in their ids once queued."""
-        made = [self._make(jobname, queue, delay, None, None, meta_params, None, kw) for kw in kwargs_list]
+        made = self._make(jobname, kwargs_list, queue, delay, None, None, meta_params, None)
         return self.api.future(self._queue_many(made))
 
     def _make(
-        self, jobname: str, queue: Any, delay: float | None, eta: float | None, timeout: float | None,
-        meta_params: dict[str, Any] | None, task_id: str | None, kwargs: dict[str, Any],
-    ) -> tuple[Task, bytes]:
+        self, jobname: str, kwargs_list: Iterable[dict[str, Any]], queue: Any, delay: float | None,
+        eta: float | None, timeout: float | None, meta_params: dict[str, Any] | None, task_id: str | None,
+    ) -> list[tuple[Task, bytes]]:
+        """Check and encode tasks of one job: what they share is worked out once."""
         api, cfg = self.api, self.api.cfg
         job = api.job(jobname)
+        kwargs_list = list(kwargs_list)
         if job is not None:
-            check_runnable(job, kwargs)
+            for kwargs in kwargs_list:
+                check_runnable(job, kwargs)
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise PQError(f"queue must be a non-empty queue name, got {queue!r}")
         now = time.time()
@@ -80,36 +90,58 @@ class TasksApi:
             timeout = (job.timeout if job is not None else None) or cfg.default_task_timeout
         if task_id is not None and (not isinstance(task_id, str) or not task_id):
             raise PQError(f"task_id must be a non-empty string, got {task_id!r}")
-        task = Task(
-            id=task_id or new_task_id(), name=jobname,
-            queue=queue or (job.default_queue if job is not None else None) or cfg.default_queue,
-            kwargs=kwargs, time_queued=now, eta=eta, timeout=timeout, meta=meta, from_task=from_task,
-        )
-        try:
-            body = api.encode_task(task)
-        except SerializationError as exc:
-            raise SerializationError(f"task {jobname!r} arguments cannot be queued: {exc}") from None
-        return task, body
+        queue = queue or (job.default_queue if job is not None else None) or cfg.default_queue
+        encode, made = api.encode_task, []
+        for kwargs in kwargs_list:
+            task = Task(
+                id=task_id or new_task_id(), name=jobname, queue=queue, kwargs=kwargs, time_queued=now,
+                eta=eta, timeout=timeout, meta=dict(meta) if meta else {}, from_task=from_task,
+            )
+            try:
+                made.append((task, encode(task)))
+            except SerializationError as exc:
+                raise SerializationError(f"task {jobname!r} arguments cannot be queued: {exc}") from None
+        return made
 
     async def _queue(self, task: Task, body: bytes, callback: bool, custom_id: bool) -> Task:
-        """Record the task, then enqueue it (``Producer.enqueue_tasks`` keeps that order)."""
+        """Record the task, then enqueue it (``Producer.enqueue_tasks`` keeps that order); with
+        ``callback`` wait for it, listening to task events from before it is queued."""
         api = self.api
-        await api.listen(events.TASK)
-        assert api.store is not None and api.broker is not None
-        waiter = api.waiter(task.id)
-        if custom_id:
-            existing = await api.store.add_task(task.id, body)
-            current = api.decode_task(existing) if existing is not None else None
-            if current is not None and current.status not in READY_STATES:
-                return await self._outcome(current, waiter, callback)
-        await api.enqueue_tasks([(task, body)])
-        return await self._outcome(task, waiter, callback)
-
-    async def _outcome(self, task: Task, waiter: "asyncio.Future[Task]", callback: bool) -> Task:
+        waiter = None
         if callback:
-            return await self.api.wait_done(task.id, waiter)
-        task.done_callback = TaskFuture(task.id, waiter)
-        return task
+            await api.listen(events.TASK)
+            waiter = api.waiter(task.id)
+        else:
+            await api._started()
+        assert api.store is not None and api.broker is not None
+        try:
+            current = None
+            if custom_id:
+                existing = await api.store.add_task(task.id, body)
+                current = api.decode_task(existing) if existing is not None else None
+            if current is not None and current.status not in READY_STATES:  # the live task of that id
+                current.done_callback = task.done_callback
+                task = current
+            else:
+                await api.enqueue_tasks([(task, body)])
+        except BaseException:
+            if waiter is not None:
+                api.drop_waiter(task.id, waiter)
+            raise
+        return task if waiter is None else await api.wait_done(task.id, waiter)
+
+    def _done_future(self, task_id: str) -> TaskFuture:
+        """``done_callback`` of a task queued without waiting: it listens and waits only once used."""
+        return DeferredTaskFuture(task_id, lambda: self.api.call(self._wait(task_id, None)))
+
+    async def _wait(self, task_id: str, timeout: float | None) -> Task:
+        """Listen first, then read the record: a task done before we listened is seen there."""
+        await self.api.listen(events.TASK)
+        waiter = self.api.waiter(task_id)
+        task = await self._get(task_id)
+        if task is not None and task.status in READY_STATES:
+            self.api._resolve(task)
+        return await self.api.wait_done(task_id, waiter, timeout)
 
     async def _queue_many(self, made: list[tuple[Task, bytes]]) -> list[str]:
         api = self.api
@@ -163,15 +195,7 @@ class TasksApi:
 
     def wait_for_result(self, task_id: str, timeout: float | None = None) -> ApiFuture:
         """The task once done; TimeoutError after ``timeout`` seconds."""
-        async def wait() -> Task:
-            await self.api.listen(events.TASK)
-            waiter = self.api.waiter(task_id)
-            task = await self._get(task_id)
-            if task is not None and task.status in READY_STATES:
-                self.api._resolve(task)
-            return await self.api.wait_done(task_id, waiter, timeout)
-
-        return self.api.future(wait())
+        return self.api.future(self._wait(task_id, timeout))
 
     def revoke(self, task_id: str) -> ApiFuture:
         """Revoke a task: a queued one never runs, a running one is cancelled (its process killed)."""

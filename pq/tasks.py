@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import operator
+import os
 import time
-import uuid
-from typing import Any
+from typing import Any, Callable
 
 from .exceptions import MessageError
 from .jobs.job import META_OVERRIDES
@@ -41,6 +42,7 @@ FIELDS = (
     "eta", "timeout", "meta", "from_task", "result", "exception", "stacktrace", "worker",
     "retries", "attempts",
 )
+_values = operator.attrgetter(*FIELDS)
 
 
 def _is_number(value: Any) -> bool:
@@ -51,8 +53,11 @@ def _is_number(value: Any) -> bool:
 
 
 def new_task_id() -> str:
-    """A random id, prefixed so that ids are readable in logs (pulsar-queue style)."""
-    return "i" + uuid.uuid4().hex
+    """128 random bits as 32 hex digits, prefixed so that ids are readable in logs (pulsar-queue style).
+
+    Not a ``uuid4``: as random (more, 128 bits against 122) at a quarter of the cost, paid per queued task.
+    """
+    return "i" + os.urandom(16).hex()
 
 
 class Task:
@@ -122,7 +127,12 @@ class Task:
         return Task(**self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in FIELDS}
+        return dict(zip(FIELDS, _values(self)))
+
+    def to_message(self) -> dict[str, Any]:
+        """The wire form: ``to_dict`` without the fields that are None, their default when
+        decoded, so a new task's message is half the size to encode, store and send."""
+        return {name: value for name, value in zip(FIELDS, _values(self)) if value is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Task":
@@ -241,3 +251,29 @@ class TaskFuture(ApiFuture):
     def __repr__(self) -> str:
         state = "done" if self.done() else "pending"
         return f"<TaskFuture {state} ID={self.task_id}>"
+
+
+class DeferredTaskFuture(TaskFuture):
+    """A task's future that starts waiting when first used (awaited, ``wait()``, ``done()``).
+
+    The ``done_callback`` of a task queued without waiting: a producer that never
+    looks at it neither listens to task events nor keeps a waiter per task.
+    """
+
+    def __init__(
+        self, task_id: str, start: Callable[[], "asyncio.Future[Any] | concurrent.futures.Future[Any]"]
+    ) -> None:
+        self.task_id = task_id
+        self._start = start
+        self._started: "asyncio.Future[Any] | concurrent.futures.Future[Any] | None" = None
+
+    @property  # type: ignore[override]
+    def _future(self) -> "asyncio.Future[Any] | concurrent.futures.Future[Any]":
+        if self._started is None:
+            self._started = self._start()
+        return self._started
+
+    def __repr__(self) -> str:
+        if self._started is None:  # repr must not start the wait
+            return f"<TaskFuture not awaited ID={self.task_id}>"
+        return super().__repr__()
