@@ -108,3 +108,17 @@ async def test_stream_survives_a_closed_connection_and_loses_nothing(make) -> No
     assert {d.id for d in late} <= seen
     await consumer.ack(late)
     assert (await consumer.sizes(["q"]))["q"] == QueueSize()
+
+
+async def test_acks_past_a_gap_leave_the_unacked_to_be_redelivered(broker) -> None:
+    await broker.enqueue([Envelope(f"m{i}", "q", b"x") for i in range(6)])
+    got = await broker.fetch(["q"], 6, 0, 30.0, "c")
+    assert [d.id for d in got] == [f"m{i}" for i in range(6)]
+    await broker.ack([got[1], got[3], got[4]])
+    await broker.ack([got[0]])
+    await broker.consumers["c"].close()
+    del broker.consumers["c"]
+    again = await broker.fetch(["q"], 6, 1.0, 30.0, "c2")
+    assert sorted((d.id, d.deliveries) for d in again) == [("m2", 2), ("m5", 2)]
+    await broker.ack(again)
+    assert (await broker.sizes(["q"]))["q"] == QueueSize()
