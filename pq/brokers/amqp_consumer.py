@@ -9,8 +9,9 @@ holds comes from the stream and stays unacked until the task ran, so
 RabbitMQ pushes exactly as many as slots free up, and a fetch takes what
 was pushed without a round trip (earlier queues are still asked first, with
 ``basic.get``).  The stream ends when nothing arrives for ``BURST_IDLE``
-while a fetch waits: the queue ran dry, or the caller wants more than its
-prefetch.  Otherwise a fetch pulls: ``basic.get``, and when its
+while a fetch waits (the queue ran dry, or the caller wants more than its
+prefetch), and when a fetch asks for fewer than the prefetch less what the
+consumer holds (``max_requests`` nearly reached: it stops before the end).  Otherwise a fetch pulls: ``basic.get``, and when its
 ``message_count`` shows more are ready, a short burst (``basic.consume`` with
 a prefetch of what is still wanted, then cancel).  Only when every queue is
 empty does it *subscribe* (prefetch equal to the free slots it waits to
@@ -99,7 +100,8 @@ class Consumer:
         self.buffers: dict[str, deque[tuple[DeliveredMessage, int]]] = {}
         self.leased: set[Lease] = set()
         self.acks = Acks(None)
-        self.stream: tuple[str, str] | None = None
+        self.stream: tuple[str, str, int] | None = None
+        """``(queue, consumer tag, prefetch)`` of the open stream."""
         self.waiting = 0
         self.subscribed_with = 0
         self.consumer_prefetch = -1
@@ -176,7 +178,8 @@ class Consumer:
 
     async def collect(self, queues: Sequence[str], count: int) -> list[Delivery]:
         """Up to ``count`` messages, queue by queue: pushed ones, then the stream or basic.get."""
-        if self.stream is not None and self.stream[0] not in queues:
+        stream = self.stream
+        if stream is not None and (stream[0] not in queues or count + len(self.leased) < stream[2]):
             await self.end_stream()
         out: list[Delivery] = []
         for queue in queues:
@@ -243,7 +246,7 @@ class Consumer:
             self.consumer_prefetch = prefetch
         tag = f"{self.name}.{queue}.stream.{uuid.uuid4().hex[:8]}"
         await underlay.basic_consume(self.sources[queue], self.pusher(queue, underlay), consumer_tag=tag)
-        self.stream = (queue, tag)
+        self.stream = (queue, tag, prefetch)
 
     async def end_stream(self) -> None:
         """Cancel the stream; what it pushed before stays buffered for the next fetch."""

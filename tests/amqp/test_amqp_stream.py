@@ -122,3 +122,16 @@ async def test_acks_past_a_gap_leave_the_unacked_to_be_redelivered(broker) -> No
     assert sorted((d.id, d.deliveries) for d in again) == [("m2", 2), ("m5", 2)]
     await broker.ack(again)
     assert (await broker.sizes(["q"]))["q"] == QueueSize()
+
+
+async def test_a_fetch_wanting_fewer_than_the_stream_gives_ends_it(broker) -> None:
+    await broker.enqueue([Envelope(f"m{i}", "q", b"x") for i in range(20)])
+    got = await broker.fetch(["q"], 5, 0, 30.0, "c")
+    consumer = broker.consumers["c"]
+    assert consumer.stream is not None
+    await broker.ack(got)
+    last = await broker.fetch(["q"], 2, 1.0, 30.0, "c")
+    assert consumer.stream is None, "asked for 2 of 5 free slots: the stream must not push more"
+    await asyncio.sleep(0.1)
+    assert unacked(broker, "c", "q") <= 5
+    await broker.ack(last + await broker.fetch(["q"], 5, 0, 30.0, "c"))
