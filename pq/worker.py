@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,7 @@ class Worker:
         self._slots: dict[str, str] = {}  # task id -> max_concurrency counter name
         self._revoking: set[str] = set()
         self._slot_free = asyncio.Event()
+        self._wake_at = 1  # free slots that wake the fetch loop: half of them while a backlog waits
         self._stopping = False
         self._loops: list[asyncio.Task] = []
         self._to_ack: list[Delivery] = []
@@ -122,12 +124,15 @@ class Worker:
                 await self._slot_free.wait()
                 continue
             if self._backlog and free < self.concurrent_tasks / 2:
-                # Work is waiting: let a few more slots free up and take them in one round trip.
+                # Work is waiting: let half the slots free up and take them in one round trip.
+                self._wake_at = math.ceil(self.concurrent_tasks / 2)
                 self._slot_free.clear()
                 try:
                     await asyncio.wait_for(self._slot_free.wait(), REFILL_WAIT)
                 except asyncio.TimeoutError:
                     pass
+                finally:
+                    self._wake_at = 1
                 self._backlog = False
                 continue
             try:
@@ -197,7 +202,8 @@ class Worker:
             slot = self._slots.pop(delivery.id, None)
             if slot is not None:
                 await self._safely(self.api.store.release_slot(slot, delivery.id))  # type: ignore[union-attr]
-            self._slot_free.set()
+            if self.concurrent_tasks - len(self._inflight) >= self._wake_at:
+                self._slot_free.set()
 
     async def _process(self, delivery: Delivery) -> None:
         api = self.api
