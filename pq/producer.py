@@ -284,8 +284,8 @@ class Producer:
         resolves in ``result`` once they are written.  The write takes what was added before
         it starts (the next loop turn), up to QUEUE_BATCH tasks."""
         batch = self._queueing
-        if batch is None:
-            batch = self._queueing = _QueueBatch()
+        if batch is None or batch.loop is not loop:  # not another loop's, which may never run again
+            batch = self._queueing = _QueueBatch(loop)
             loop.create_task(self._write_batch(batch))
         future = loop.create_future()
         batch.tasks += tasks
@@ -395,9 +395,10 @@ class Producer:
 class _QueueBatch:
     """Tasks queued in one loop turn, and the futures of their callers."""
 
-    __slots__ = ("tasks", "futures")
+    __slots__ = ("loop", "tasks", "futures")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.tasks: list[tuple[Task, bytes]] = []
         self.futures: list[tuple[asyncio.Future, Any]] = []
 
