@@ -9,13 +9,17 @@ import pytest
 from pq.api import PulsarQueue, Worker
 
 
+def make_api(data_store: str, **settings: Any) -> Any:
+    app = PulsarQueue(
+        data_store=data_store, namespace=f"pqtest-{uuid.uuid4().hex[:10]}",
+        task_paths=["sampletasks.*"], lease_timeout=5, task_pool_timeout=0.2, **settings,
+    )
+    return app.api()
+
+
 @pytest.fixture
 async def api(redis_url: str) -> AsyncIterator[Any]:
-    app = PulsarQueue(
-        data_store=redis_url, namespace=f"pqtest-{uuid.uuid4().hex[:10]}",
-        task_paths=["sampletasks.*"], lease_timeout=5, task_pool_timeout=0.2,
-    )
-    api = app.api()
+    api = make_api(redis_url)
     await api.start()
     yield api
     await api.store.drop()
@@ -40,3 +44,31 @@ async def test_revoked_queued_task_never_runs_without_a_revoked_round_trip(api: 
         assert (await api.tasks.sizes())["default"].ready == 0
     finally:
         await worker.stop(2)
+
+
+async def test_a_separate_redis_data_store_is_still_asked_for_revocations(redis_url: str) -> None:
+    api = make_api(redis_url, message_broker=redis_url.replace("127.0.0.1", "localhost"))
+    await api.start()
+    worker = Worker(api, "redis-worker")
+    try:
+        assert api.broker is not api.store
+        revoked = await api.tasks.queue("addition", a=1, b=2, callback=False)
+        assert await api.tasks.revoke(revoked.id)
+        # As if the revocation were only in the data store, which FETCH does not see.
+        await api.store.redis.delete(api.store.prefix + f"revoked:{revoked.id}")
+        asked: list[str] = []
+
+        async def revocations(task_ids: Any) -> set[str]:
+            asked.extend(task_ids)
+            return {revoked.id} & set(task_ids)
+
+        api.store.revoked = revocations
+        await worker.start()
+        check = await api.tasks.queue("addition", a=1, b=1)
+        assert check.result == 2
+        assert revoked.id in asked and worker.processed == 1
+        assert (await api.tasks.sizes())["default"].ready == 0
+    finally:
+        await worker.stop(2)
+        await api.store.drop()
+        await api.close()
