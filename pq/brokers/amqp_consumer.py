@@ -1,22 +1,26 @@
 """One pq consumer's AMQP channel: what it takes, holds and waits for.
 
-``fetch`` goes queue by queue, so the first queue comes first and nothing
-is taken beyond ``count``.  A consumer holding nothing that finds a backlog
-(``queue.declare`` passive shows ``BURST`` or more ready) opens a *stream*: a
-``basic.consume`` kept open across fetches, with a per-consumer prefetch of
-``count``, its free slots, which are then all its slots.  Every delivery it
-holds comes from the stream and stays unacked until the task ran, so
-RabbitMQ pushes exactly as many as slots free up, and a fetch takes what
-was pushed without a round trip (earlier queues are still asked first, with
+``fetch`` goes queue by queue, so the first queue comes first and nothing is
+taken beyond ``count``.  A consumer holding nothing that finds a backlog
+(``queue.declare`` passive shows ``BURST`` or more ready) opens a *stream*:
+a ``basic.consume`` kept open across fetches, with a per-consumer prefetch
+of ``count``, its free slots, which are then all its slots.  Every delivery
+it holds comes from the stream and stays unacked until the task ran, so
+RabbitMQ pushes exactly as many as slots free up, and a fetch takes what was
+pushed without a round trip (earlier queues are still asked first, with
 ``basic.get``).  The stream ends when nothing arrives for ``BURST_IDLE``
 while a fetch waits (the queue ran dry, or the caller wants more than its
 prefetch), and when a fetch asks for fewer than the prefetch less what the
-consumer holds (``max_requests`` nearly reached: it stops before the end).  Otherwise a fetch pulls: ``basic.get``, and when its
-``message_count`` shows more are ready, a short burst (``basic.consume`` with
-a prefetch of what is still wanted, then cancel).  Only when every queue is
-empty does it *subscribe* (prefetch equal to the free slots it waits to
-fill) and block until RabbitMQ pushes something, then cancel.  So RabbitMQ
-never hands a consumer more than its free slots.
+consumer holds (``max_requests`` nearly reached: it stops before the end).
+Otherwise a fetch pulls: ``basic.get``, and when its ``message_count`` shows
+more are ready, a short burst (``basic.consume`` with a prefetch of what is
+still wanted, then cancel).  Only when every queue is empty does it
+*subscribe* (prefetch equal to the free slots it waits to fill) and block
+until RabbitMQ pushes something, then cancel.  So RabbitMQ never hands a
+consumer more than its free slots, with one exception: a message of an
+earlier queue taken while a later one streams is outside the stream's
+prefetch, so until it is acked the consumer may hold one more (per such
+message) than it has slots.
 """
 from __future__ import annotations
 
