@@ -2,8 +2,9 @@
 
 Everything the broker publishes (enqueued tasks, requeues, dead letters,
 events, the copies that count a redelivery or finish a delay) goes through
-``publish_all``: declare what is missing, publish all, await the confirms
-together, and retry what a dropped connection or a deleted queue lost.
+``publish_all``: declare what is missing, publish all (as one write, see
+``amqp_bulk``), await the confirms together, and retry what a dropped
+connection or a deleted queue lost.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from ..exceptions import BrokerError
+from .amqp_bulk import BULK, publish_many
 from .amqp_topology import GRACE_MS, HDR_ETA, Outgoing, Target, Topology, bucket_ms
 
 log = logging.getLogger("pq.brokers.amqp")
@@ -145,12 +147,13 @@ class AmqpPublishing:
                 async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
                     channel = await self.underlay()
                     await self._prepare(channel, pending)
-                    results = await asyncio.gather(
-                        *(channel.basic_publish(o.body, exchange=o.exchange, routing_key=o.key,
-                                                properties=o.properties, mandatory=o.mandatory, wait=False)
-                          for o in pending),
-                        return_exceptions=True,
-                    )
+                    if BULK:
+                        sent: Any = await publish_many(channel, pending)
+                    else:
+                        sent = (channel.basic_publish(o.body, exchange=o.exchange, routing_key=o.key,
+                                                      properties=o.properties, mandatory=o.mandatory, wait=False)
+                                for o in pending)
+                    results = await asyncio.gather(*sent, return_exceptions=True)
             except TimeoutError:
                 raise BrokerError(
                     f"RabbitMQ at {self.safe_url} did not confirm {len(pending)} message(s) "
