@@ -8,7 +8,7 @@ of ``count``, its free slots, which are then all its slots.  Every delivery
 it holds comes from the stream and stays unacked until the task ran, so
 RabbitMQ pushes exactly as many as slots free up, and a fetch takes what was
 pushed without a round trip (earlier queues are still asked first, with
-``basic.get``).  The stream ends when nothing arrives for ``BURST_IDLE``
+``basic.get``).  The stream ends when nothing arrives for ``STREAM_IDLE``
 while a fetch waits (the queue ran dry, or the caller wants more than its
 prefetch), and when a fetch asks for fewer than the prefetch less what the
 consumer holds (``max_requests`` nearly reached: it stops before the end).
@@ -46,7 +46,10 @@ log = logging.getLogger("pq.brokers.amqp")
 BURST = 4
 """A fetch wanting at least this many more of a queue that has them gets them pushed, not one get each."""
 BURST_IDLE = 0.02
-"""A burst or a stream ends when nothing more arrived for this long (another consumer took the rest)."""
+"""A burst ends when nothing more arrived for this long (another consumer took the rest)."""
+STREAM_IDLE = 0.1
+"""A stream ends when a fetch waited this long for a push: longer than a burst's, as a loaded
+machine can stall pushes that long, and the stream keeps consuming while the fetch waits."""
 BROADCAST_EXPIRES_MS = 60_000
 """A server's broadcast queue outlives a restart of its consumers by this much, then goes."""
 
@@ -191,7 +194,7 @@ class Consumer:
                 break
             out += self.take(queue, count - len(out))
             if self.stream is not None and self.stream[0] == queue:
-                if out or await self.arrival(queue):
+                if out or await self.arrival(queue, patience=STREAM_IDLE):
                     out += self.take(queue, count - len(out))
                     break
                 await self.end_stream()
@@ -231,10 +234,10 @@ class Consumer:
             if not await self.arrival(queue, seen):
                 return
 
-    async def arrival(self, queue: str, seen: int = 0) -> bool:
-        """Wait up to ``BURST_IDLE`` for ``queue``'s buffer to grow past ``seen``."""
+    async def arrival(self, queue: str, seen: int = 0, patience: float = BURST_IDLE) -> bool:
+        """Wait up to ``patience`` for ``queue``'s buffer to grow past ``seen``."""
         try:
-            async with asyncio.timeout(BURST_IDLE):
+            async with asyncio.timeout(patience):
                 while len(self.buffers.get(queue, ())) <= seen:
                     self.arrived.clear()
                     await self.arrived.wait()
