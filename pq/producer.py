@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from . import brokers, events
@@ -34,6 +35,7 @@ logger = logging.getLogger("pq.producer")
 NODE_ENV = "PQ_NODE_NAME"
 # A waiter re-reads the task record this often, in case an event was lost.
 RECHECK_INTERVAL = 5.0
+MIRROR_LIMIT = 100_000  # most tasks queued here whose records follow their events (oldest dropped)
 SWEEP_SIZE = 500  # records re-read per sweep, oldest waited first
 QUEUE_BATCH = 1000  # tasks queued in one store call at most
 
@@ -58,11 +60,13 @@ class Producer:
         self.executors = Executors(self.cfg.thread_workers, self.cfg.cpu_workers, preload)
         self.broker: MessageBroker | None = None
         self.store: DataStore | None = None
+        self.bus: Any = None  # carries events: the store, or a broker reaching further (carries_events)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._starting: asyncio.Future | None = None
         self._listening: dict[str, asyncio.Future] = {}
         self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._mirrored: OrderedDict[str, None] = OrderedDict()  # ids whose events update records here
         self._sweeper: asyncio.Future | None = None
         self._events: Batcher[tuple[str, bytes, float | None, str]]
         self._queueing: _QueueBatch | None = None
@@ -147,7 +151,12 @@ class Producer:
         if broker is not store:
             await broker.connect()
         self.store, self.broker = store, broker
-        self._events = Batcher(store.task_events)
+        if broker is not store and broker.carries_events and store.one_machine:
+            self.bus = broker
+            self._events = Batcher(self._record_then_publish)
+        else:
+            self.bus = store
+            self._events = Batcher(store.task_events)
         await self.manager.start()
 
     def close(self) -> ApiFuture:
@@ -191,8 +200,7 @@ class Producer:
         await self._started()
         subscribing = self._listening.get(channel)
         if subscribing is None or (subscribing.done() and subscribing.exception() is not None):
-            assert self.store is not None
-            subscribing = asyncio.ensure_future(self.store.subscribe(self._on_event, [channel]))
+            subscribing = asyncio.ensure_future(self.bus.subscribe(self._on_event, [channel]))
             self._listening[channel] = subscribing
         await asyncio.shield(subscribing)
 
@@ -200,11 +208,14 @@ class Producer:
         self.callbacks.remove(channel, event, callback)
 
     async def _on_event(self, channel: str, event: str, payload: bytes) -> None:
-        if channel == events.TASK and not self.callbacks.wants(channel) and (event != events.DONE or not self._waiters):
+        if channel == events.TASK and not self.callbacks.wants(channel) and not self._mirrored and \
+                (event != events.DONE or not self._waiters):
             return  # only done events resolve waiters: without callbacks the rest need no decoding
         try:
             if channel == events.TASK:
                 task = self.decode_task(payload)
+                if task.id in self._mirrored:
+                    await self._mirror(event, task, payload)
                 if event == events.DONE:
                     self._resolve(task)
                 message: Any = task
@@ -217,8 +228,7 @@ class Producer:
 
     async def publish(self, channel: str, event: str, data: dict[str, Any]) -> None:
         """Publish a non-task event (consumer status, control)."""
-        assert self.store is not None
-        await self.store.publish(channel, event, self.codec.encode(data))
+        await self.bus.publish(channel, event, self.codec.encode(data))
 
     def task_event(
         self, event: str, task: Task, body: bytes | None = None, ttl: float | None = None
@@ -259,6 +269,14 @@ class Producer:
         if self._manager_listens:
             await asyncio.gather(*(self.manager.store_message(task) for task, _ in tasks))
         return result
+
+    async def _record_then_publish(self, items: list[tuple[str, bytes, float | None, str]]) -> None:
+        """Records in this machine's own store, then their events, in order, on the broker
+        that reaches every machine (``bus``)."""
+        assert self.store is not None
+        await asyncio.gather(*(self.store.set_task(task_id, body, ttl) for task_id, body, ttl, _ in items))
+        for _, body, _, event in items:
+            await self.bus.publish(events.TASK, event, body)
 
     async def enqueue_tasks(self, tasks: list[tuple[Task, bytes]]) -> None:
         """Put new tasks on their queues, record them and publish ``queued``; bursts share round trips."""
@@ -320,8 +338,33 @@ class Producer:
         if self.broker is self.store:
             await self._write_events(events.QUEUED, self._snapshot(tasks), None, None, envelopes)
         else:
+            if self.bus is not self.store:
+                await self._mirror_results(tasks)
             await self.task_events(events.QUEUED, tasks)
             await self.broker.enqueue(envelopes)
+
+    async def _mirror_results(self, tasks: list[tuple[Task, bytes]]) -> None:
+        """Where events are the only way back (a one-machine store, a broker carrying events),
+        the events of the tasks queued here update their records here, as they happen, so
+        ``get_task`` and ``wait_for_result`` work on this machine even after the task ended."""
+        await self.listen(events.TASK)
+        for task, _ in tasks:
+            self._mirrored[task.id] = None
+        while len(self._mirrored) > MIRROR_LIMIT:
+            self._mirrored.popitem(last=False)
+
+    async def _mirror(self, event: str, task: Task, payload: bytes) -> None:
+        if event == events.QUEUED:  # the record this api wrote, or a requeue seen as its RETRY before
+            return
+        ttl = None
+        if event == events.DONE:
+            del self._mirrored[task.id]
+            ttl = self.cfg.result_ttl or None
+        assert self.store is not None
+        try:
+            await self.store.set_task(task.id, payload, ttl)
+        except Exception as exc:
+            logger.warning("cannot record %s of task %s: %s", event, task.id, exc)
 
     # waiting for tasks ----------------------------------------------------------
     def _resolve(self, task: Task) -> None:

@@ -97,6 +97,7 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
     """
 
     scheme = "amqp"
+    carries_events = True
 
     def __init__(self, url: str, namespace: str = "pq", **options: Any) -> None:
         super().__init__(url, namespace, **options)

@@ -97,6 +97,10 @@ class Connection(abc.ABC):
     """Common to brokers and stores: a URL, a namespace, connect and close."""
 
     scheme: str = ""
+    one_machine: bool = False
+    """True when what it holds is reachable from this machine only (a sqlite file, process
+    memory): then its events cannot tell other machines, and a broker that carries events
+    carries them instead (see ``MessageBroker.carries_events``)."""
 
     def __init__(self, url: str, namespace: str = "pq", **options: Any) -> None:
         self.url = url
@@ -137,6 +141,11 @@ class MessageBroker(Connection):
     """True when ``fetch`` drops, with the take itself, the messages revoked in this same
     object's data store: a consumer whose data store is this object then skips its own
     ``revoked`` round trip per batch.  False (the safe default) for brokers that do not."""
+
+    carries_events: bool = False
+    """True when it also has ``publish`` and ``subscribe`` reaching every machine that uses
+    it (RabbitMQ's topic exchange): with a ``one_machine`` data store, events go that way,
+    so ``on_events`` and waiting for results work across machines with this broker alone."""
 
     @abc.abstractmethod
     async def enqueue(self, envelopes: Sequence[Envelope]) -> None:

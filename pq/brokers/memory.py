@@ -39,6 +39,7 @@ class MemoryStore(MessageBroker, DataStore):
     """In-process broker and data store; thread-safe, usable from several loops."""
 
     scheme = "memory"
+    one_machine = True
 
     def __init__(self, url: str = "memory://", namespace: str = "pq", **options: Any) -> None:
         super().__init__(url, namespace, **options)

@@ -55,6 +55,7 @@ class SqliteStore(SqliteRecords, MessageBroker, DataStore):
     """
 
     scheme = "sqlite"
+    one_machine = True
 
     def __init__(self, url: str, namespace: str = "pq", **options: Any) -> None:
         super().__init__(url, namespace, **options)
