@@ -50,10 +50,17 @@ class RedisDataStore(DataStore):
                 await pipe.execute()
 
     def _pipe_events(self, pipe: Any, items: Sequence[tuple[str, bytes, float | None, str]]) -> None:
-        """The records, then their events in one PUBLISH: subscribers get them in order."""
+        """The records (those kept for good in one MSET: a reply to parse, not one each),
+        then their events in one PUBLISH: subscribers get them in order."""
         if not items:
             return
-        for task_id, body, ttl, _ in items:
+        kept = {task_id: body for task_id, body, ttl, _ in items if ttl is None}
+        expiring = [(task_id, body, ttl) for task_id, body, ttl, _ in items if ttl is not None]
+        if len(kept) > 1 and not any(task_id in kept for task_id, _, _ in expiring):
+            pipe.mset({self._key("task", task_id): body for task_id, body in kept.items()})
+        else:  # one record, or a task written twice with and without a TTL: in their order
+            expiring = [(task_id, body, ttl) for task_id, body, ttl, _ in items]
+        for task_id, body, ttl in expiring:
             pipe.set(self._key("task", task_id), body, px=None if ttl is None else ms(ttl))
         pipe.publish(self.channel + "task", batch_frame("task", [(event, body) for _, body, _, event in items]))
 

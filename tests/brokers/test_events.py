@@ -134,6 +134,15 @@ async def test_task_events_record_and_publish_in_order(store: DataStore, other_s
     await sub.close()
 
 
+async def test_task_events_keep_the_last_write_of_a_task_with_and_without_ttl(store: DataStore) -> None:
+    await store.task_events([("a", b"a1", None, "started"), ("b", b"b1", None, "queued"),
+                             ("a", b"a2", 60.0, "done"), ("c", b"c1", None, "queued")])
+    assert await store.get_tasks(["a", "b", "c"]) == [b"a2", b"b1", b"c1"]
+    await store.task_events([("a", b"a3", 60.0, "done"), ("b", b"b2", None, "started"),
+                             ("a", b"a4", None, "queued"), ("c", b"c2", None, "started")])
+    assert await store.get_tasks(["a", "b", "c"]) == [b"a4", b"b2", b"c2"]
+
+
 async def test_subscribers_of_some_channels_get_only_those(store: DataStore, other_store: DataStore) -> None:
     tasks_only, everything = Recorder(), Recorder()
     subs = [await other_store.subscribe(tasks_only, ["task"]), await other_store.subscribe(everything)]
