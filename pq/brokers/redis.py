@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from ..exceptions import BrokerError, ImproperlyConfigured
 from . import redis_scripts as lua
@@ -96,6 +96,12 @@ class RedisStore(MessageBroker, RedisDataStore):
         """Around every round trip: redis-py errors become BrokerError, outages are noted once."""
         try:
             yield
+        except AuthenticationError as exc:
+            self._outage.failed(exc)
+            raise BrokerError(
+                f"Redis at {self.safe_url} refused pq's credentials ({exc}); check the user name "
+                "and password in the URL (redis://user:password@host:port/db)"
+            ) from exc
         except UNREACHABLE as exc:
             self._outage.failed(exc)
             raise BrokerError(

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -43,7 +44,8 @@ class Outage:
     def failed(self, exc: BaseException) -> None:
         if self.since is None:
             self.since = time.monotonic()
-            logger.warning("Redis at %s is unreachable (%s); retrying with backoff", self.url, exc)
+            why = "refused pq's credentials" if isinstance(exc, AuthenticationError) else "is unreachable"
+            logger.warning("Redis at %s %s (%s); retrying with backoff", self.url, why, exc)
 
     def ok(self) -> None:
         if self.since is not None:

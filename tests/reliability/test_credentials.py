@@ -119,6 +119,8 @@ def test_redis_password_is_never_shown(tmp_path: Path, make_server: Callable[...
         refused = setup.app().api()
         with pytest.raises(PQError) as denied:
             refused.start().wait(60)
+        assert "refused pq's credentials" in shown(denied.value)
+        assert "check the user name and password in the URL" in shown(denied.value)
         assert_clean(shown(denied.value), repr(refused))
         out = pq_command(setup, "status", "--json")
         assert out.returncode == 1
