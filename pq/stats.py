@@ -5,8 +5,9 @@ in memory and adds them to per-minute counters of the data store every few
 seconds, one ``incr`` per queue, outcome and minute rather than one per task,
 plus a running total for Prometheus. The last minute's figure is a sliding
 window: the current minute plus the share of the previous one still within
-60 seconds. Minute counters are a few bytes each and are never read again
-after two minutes.
+60 seconds. A minute's counters are read for two minutes; each consumer's
+flush then deletes those of its queues older than that (up to an hour back
+at its first flush), so the store holds a few minutes of them, not all.
 
 Servers: each server's monitor publishes a ``stats`` report on the
 ``monitor`` channel every few seconds, and at once when a ``ping`` event asks.
@@ -50,11 +51,21 @@ def counter_key(queue: str, outcome: str, minute: int | None = None) -> str:
     return f"stats:{outcome}:{queue}:{'total' if minute is None else minute}"
 
 
+KEEP_MINUTES = 3  # minute counters younger than this are kept: the current, the previous, clock skew
+SWEEP_BACK = 60  # how many minutes back a consumer's first flush deletes forgotten counters
+
+
+def stale_counters(queue: str, since: int, until: int) -> list[str]:
+    """The minute counters of ``queue`` from minute ``since`` (excluded) to ``until`` (included)."""
+    return [counter_key(queue, o, m) for m in range(since + 1, until + 1) for o in OUTCOMES]
+
+
 class Throughput:
     """Finished tasks counted in memory and added to the data store's counters in batches."""
 
     def __init__(self) -> None:
         self._counts: Counter[tuple[str, str, int]] = Counter()
+        self._swept: dict[str, int] = {}  # queue -> last minute whose counters were deleted
 
     def record(self, queue: str, outcome: str) -> None:
         self._counts[(queue, outcome, minute_of(time.time()))] += 1
@@ -67,10 +78,18 @@ class Throughput:
         totals: Counter[tuple[str, str]] = Counter()
         for (queue, outcome, _), count in counts.items():
             totals[(queue, outcome)] += count
+        until = minute_of(time.time()) - KEEP_MINUTES
+        stale: list[str] = []
+        for queue in {q for q, _ in totals}:
+            since = self._swept.get(queue, until - SWEEP_BACK)
+            if since < until:
+                stale += stale_counters(queue, since, until)
+                self._swept[queue] = until
         try:
             await asyncio.gather(
                 *(store.incr(counter_key(q, o, m), n) for (q, o, m), n in counts.items()),
                 *(store.incr(counter_key(q, o), n) for (q, o), n in totals.items()),
+                store.delete_counters(stale),
             )
         except Exception as exc:
             logger.warning("cannot add %d finished task(s) to the stats counters: %s", sum(totals.values()), exc)

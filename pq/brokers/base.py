@@ -312,3 +312,7 @@ class DataStore(Connection):
     async def get_counters(self, keys: Sequence[str]) -> dict[str, int]:
         """Values of named counters, 0 for unknown ones."""
 
+    @abc.abstractmethod
+    async def delete_counters(self, keys: Sequence[str]) -> None:
+        """Forget named counters (per-minute stats once nobody reads them); unknown ones are fine."""
+

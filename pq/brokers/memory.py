@@ -373,3 +373,9 @@ class MemoryStore(MessageBroker, DataStore):
         space = self._space
         with space.lock:
             return {key: space.counters.get(key, 0) for key in keys}
+
+    async def delete_counters(self, keys: Sequence[str]) -> None:
+        space = self._space
+        with space.lock:
+            for key in keys:
+                space.counters.pop(key, None)

@@ -138,6 +138,11 @@ class RedisDataStore(DataStore):
         with self._io("incr"):
             return await self.redis.hincrby(self.prefix + "counters", key, amount)
 
+    async def delete_counters(self, keys: Sequence[str]) -> None:
+        if keys:
+            with self._io("delete_counters"):
+                await self.redis.hdel(self.prefix + "counters", *keys)
+
     async def get_counters(self, keys: Sequence[str]) -> dict[str, int]:
         if not keys:
             return {}

@@ -132,6 +132,13 @@ class SqliteRecords:
     async def get_counters(self, keys: Sequence[str]) -> dict[str, int]:
         return await self._call(self._counters, list(keys))
 
+    async def delete_counters(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self._call(self._delete_counters, list(keys))
+
+    def _delete_counters(self, conn: sqlite3.Connection, keys: list[str]) -> None:
+        conn.executemany(sql.DELETE_COUNTER, [(self.namespace, key) for key in keys])
+
     def _counters(self, conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
         rows = {
             key: conn.execute(sql.GET_COUNTER, (self.namespace, key)).fetchone() for key in keys

@@ -160,6 +160,7 @@ INCR = (
     "ON CONFLICT (namespace, key) DO UPDATE SET value = value + excluded.value RETURNING value"
 )
 GET_COUNTER = "SELECT value FROM pq_counters WHERE namespace = ? AND key = ?"
+DELETE_COUNTER = "DELETE FROM pq_counters WHERE namespace = ? AND key = ?"
 
 
 def database_path(url: str) -> str:

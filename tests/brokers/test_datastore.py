@@ -148,6 +148,10 @@ async def test_counters(store: DataStore, other_store: DataStore) -> None:
         "unknown": 0,
     }
     assert await store.get_counters([]) == {}
+    await other_store.delete_counters(["done", "never-counted"])
+    await store.delete_counters([])
+    assert await store.get_counters(["done", "failed"]) == {"done": 0, "failed": -3}
+    assert await store.incr("done") == 1
 
 
 async def test_counters_concurrent(store: DataStore, other_store: DataStore) -> None:

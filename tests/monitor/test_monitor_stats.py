@@ -139,3 +139,29 @@ async def test_throughput_counters_are_batched_and_windowed() -> None:
         assert (await throughput(store, ["r"], at_half))["r"]["last_minute"]["success"] == 30
     finally:
         await api.close()
+
+
+async def test_minute_counters_are_deleted_once_nobody_reads_them() -> None:
+    app = PulsarQueue(data_store="memory://monitor-counter-sweep")
+    api = app.api()
+    await api.start()
+    store = api.store
+    try:
+        if time.time() % 60 > 58:  # the test reads the clock twice: both in one minute
+            await asyncio.sleep(60.1 - time.time() % 60)
+        minute = minute_of(time.time())
+        old = [counter_key("q", "success", minute - age) for age in (90, 59, 4, 3)]
+        kept = [counter_key("q", "success", minute - age) for age in (2, 1, 0)] + [counter_key("q", "success")]
+        for key in old + kept:
+            await store.incr(key)
+        counts = Throughput()
+        counts.record("q", "success")
+        await counts.flush(store)
+        values = await store.get_counters(old + kept)
+        assert [values[key] for key in old] == [1, 0, 0, 0], "up to an hour back, older ones are out of reach"
+        assert [values[key] for key in kept] == [1, 1, 2, 2]
+        counts.record("q", "failure")
+        await counts.flush(store)
+        assert (await store.get_counters([counter_key("q", "success")]))[counter_key("q", "success")] == 2
+    finally:
+        await api.close()
