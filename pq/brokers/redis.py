@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError
 
 from ..exceptions import BrokerError, ImproperlyConfigured
 from . import redis_scripts as lua
@@ -165,17 +165,15 @@ class RedisStore(MessageBroker, RedisDataStore):
         if not envelopes:
             return await super().task_events(items)
         calls = self._enqueue_calls(envelopes)
+        commands = self._event_commands(items)
+        commands += [("EVALSHA", lua.ENQUEUE.sha, 1, self._queues_key, *args) for args in calls]
         with self._io("enqueue"):
-            pipe = self.redis.pipeline(transaction=False)
-            self._pipe_events(pipe, items)
-            for args in calls:
-                pipe.evalsha(lua.ENQUEUE.sha, 1, self._queues_key, *args)
-            results = await pipe.execute(raise_on_error=False)
-            scripts = results[len(results) - len(calls):]
-            failed = [args for args, result in zip(calls, scripts) if isinstance(result, Exception)]
+            replies = await self._exchange(commands)
+            scripts = replies[len(replies) - len(calls):]
+            failed = [args for args, reply in zip(calls, scripts) if isinstance(reply, NoScriptError)]
             if failed:  # the server lost its scripts (a restart): load and run those again
                 await lua.ENQUEUE.many(self.redis, [self._queues_key], failed)
-            errors = [result for result in results[:len(results) - len(calls)] if isinstance(result, Exception)]
+            errors = [reply for reply in replies if isinstance(reply, Exception) and not isinstance(reply, NoScriptError)]
             if errors:
                 raise errors[0]
 

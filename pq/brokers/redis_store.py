@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, ContextManager, Sequence
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from .base import DataStore, Envelope, EventHandler, Subscription
 from .redis_events import EventHub, batch_frame, frame
@@ -41,28 +42,45 @@ class RedisDataStore(DataStore):
     async def task_events(
         self, items: Sequence[tuple[str, bytes, float | None, str]], envelopes: Sequence[Envelope] = ()
     ) -> None:
-        """Records and their events in one pipelined round trip."""
+        """Records and their events in one round trip."""
         if not items:
             return
         with self._io("task_events"):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                self._pipe_events(pipe, items)
-                await pipe.execute()
+            for reply in await self._exchange(self._event_commands(items)):
+                if isinstance(reply, Exception):
+                    raise reply
 
-    def _pipe_events(self, pipe: Any, items: Sequence[tuple[str, bytes, float | None, str]]) -> None:
+    def _event_commands(self, items: Sequence[tuple[str, bytes, float | None, str]]) -> list[tuple[Any, ...]]:
         """The records (those kept for good in one MSET: a reply to parse, not one each),
         then their events in one PUBLISH: subscribers get them in order."""
-        if not items:
-            return
         kept = {task_id: body for task_id, body, ttl, _ in items if ttl is None}
         expiring = [(task_id, body, ttl) for task_id, body, ttl, _ in items if ttl is not None]
+        commands: list[tuple[Any, ...]] = []
         if len(kept) > 1 and not any(task_id in kept for task_id, _, _ in expiring):
-            pipe.mset({self._key("task", task_id): body for task_id, body in kept.items()})
+            mset: list[Any] = ["MSET"]
+            for task_id, body in kept.items():
+                mset += (self._key("task", task_id), body)
+            commands.append(tuple(mset))
         else:  # one record, or a task written twice with and without a TTL: in their order
             expiring = [(task_id, body, ttl) for task_id, body, ttl, _ in items]
         for task_id, body, ttl in expiring:
-            pipe.set(self._key("task", task_id), body, px=None if ttl is None else ms(ttl))
-        pipe.publish(self.channel + "task", batch_frame("task", [(event, body) for _, body, _, event in items]))
+            key = self._key("task", task_id)
+            commands.append(("SET", key, body) if ttl is None else ("SET", key, body, "PX", ms(ttl)))
+        events = batch_frame("task", [(event, body) for _, body, _, event in items])
+        commands.append(("PUBLISH", self.channel + "task", events))
+        return commands
+
+    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write on one pooled connection, then read every reply,
+        error replies as values.  What redis-py's Pipeline does on the hot path of every
+        task, without its extra tasks, hooks and loop turns; retried on a lost connection
+        as any redis-py call (the commands are safe to repeat)."""
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            return await conn.retry.call_with_retry(lambda: _send_all(conn, commands), lambda error: conn.disconnect())
+        finally:
+            await pool.release(conn)
 
     # task records -----------------------------------------------------------
     async def set_task(self, task_id: str, body: bytes, ttl: float | None = None) -> None:
@@ -215,3 +233,14 @@ RELEASE_LOCK = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """)
+
+
+async def _send_all(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    await conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
