@@ -208,15 +208,15 @@ class Producer:
         self.callbacks.remove(channel, event, callback)
 
     async def _on_event(self, channel: str, event: str, payload: bytes) -> None:
-        if channel == events.TASK and not self.callbacks.wants(channel) and not self._mirrored and \
-                (event != events.DONE or not self._waiters):
+        if channel == events.TASK and not self.callbacks.wants(channel) and \
+                (event != events.DONE or not (self._waiters or self._mirrored)):
             return  # only done events resolve waiters: without callbacks the rest need no decoding
         try:
             if channel == events.TASK:
                 task = self.decode_task(payload)
-                if task.id in self._mirrored:
-                    await self._mirror(event, task, payload)
                 if event == events.DONE:
+                    if task.id in self._mirrored:
+                        await self._mirror(task, payload)
                     self._resolve(task)
                 message: Any = task
             else:
@@ -345,7 +345,7 @@ class Producer:
 
     async def _mirror_results(self, tasks: list[tuple[Task, bytes]]) -> None:
         """Where events are the only way back (a one-machine store, a broker carrying events),
-        the events of the tasks queued here update their records here, as they happen, so
+        the ``done`` events of the tasks queued here update their records here, so
         ``get_task`` and ``wait_for_result`` work on this machine even after the task ended."""
         await self.listen(events.TASK)
         for task, _ in tasks:
@@ -353,18 +353,15 @@ class Producer:
         while len(self._mirrored) > MIRROR_LIMIT:
             self._mirrored.popitem(last=False)
 
-    async def _mirror(self, event: str, task: Task, payload: bytes) -> None:
-        if event == events.QUEUED:  # the record this api wrote, or a requeue seen as its RETRY before
-            return
-        ttl = None
-        if event == events.DONE:
-            del self._mirrored[task.id]
-            ttl = self.cfg.result_ttl or None
+    async def _mirror(self, task: Task, payload: bytes) -> None:
+        """Record the outcome of a task queued here.  Only ``done``: it is final, so a late
+        event can never put an older state over a newer record."""
+        del self._mirrored[task.id]
         assert self.store is not None
         try:
-            await self.store.set_task(task.id, payload, ttl)
+            await self.store.set_task(task.id, payload, self.cfg.result_ttl or None)
         except Exception as exc:
-            logger.warning("cannot record %s of task %s: %s", event, task.id, exc)
+            logger.warning("cannot record the outcome of task %s: %s", task.id, exc)
 
     # waiting for tasks ----------------------------------------------------------
     def _resolve(self, task: Task) -> None:
