@@ -1,7 +1,8 @@
 """Coalescing writes: what many coroutines ask for in one loop iteration goes in one call.
 
-A burst of ``queue()`` calls, or the ``started`` events of a batch of tasks,
-becomes one broker round trip instead of one each.  Every caller still waits
+The ``started`` and ``done`` events of the tasks a worker runs at once, or
+the task events of concurrent jobs, become one store round trip instead of one
+each (queueing has its own batch in ``Producer._enqueue_soon``).  Every caller still waits
 until its own items are written, and sees the write's error if it fails.
 """
 from __future__ import annotations
