@@ -275,8 +275,7 @@ class Producer:
         that reaches every machine (``bus``)."""
         assert self.store is not None
         await asyncio.gather(*(self.store.set_task(task_id, body, ttl) for task_id, body, ttl, _ in items))
-        for _, body, _, event in items:
-            await self.bus.publish(events.TASK, event, body)
+        await self.bus.publish_events(events.TASK, [(event, body) for _, body, _, event in items])
 
     async def enqueue_tasks(self, tasks: list[tuple[Task, bytes]]) -> None:
         """Put new tasks on their queues, record them and publish ``queued``; bursts share round trips."""

@@ -346,6 +346,10 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
         """Send an event to every subscriber, on any machine, through ``{ns}.events``."""
         await self.events.publish(channel, event, payload)
 
+    async def publish_events(self, channel: str, events: Sequence[tuple[str, bytes]]) -> None:
+        """``publish`` for many ``(event, payload)`` of one channel: one batch, in order."""
+        await self.events.publish_many(channel, events)
+
     async def subscribe(self, handler: EventHandler, channels: Sequence[str] | None = None) -> Subscription:
         """Call ``handler(channel, event, payload)`` for every event of ``channels`` published from now on."""
         return await self.events.subscribe(handler, channels)

@@ -60,9 +60,17 @@ class AmqpEvents:
         self.subscriptions: set[AmqpSubscription] = set()
 
     async def publish(self, channel: str, event: str, payload: bytes) -> None:
-        props = Basic.Properties(delivery_mode=1, headers={HDR_CHANNEL: channel, HDR_EVENT: event})
-        out = Outgoing(self.broker.topology.events, f"{channel}.{event}", payload, props, mandatory=False)
-        await self.broker.publish_all([out])
+        await self.publish_many(channel, [(event, payload)])
+
+    async def publish_many(self, channel: str, events: Sequence[tuple[str, bytes]]) -> None:
+        """Events of one channel in one batch of publishes, in order."""
+        exchange = self.broker.topology.events
+        await self.broker.publish_all([
+            Outgoing(exchange, f"{channel}.{event}", payload,
+                     Basic.Properties(delivery_mode=1, headers={HDR_CHANNEL: channel, HDR_EVENT: event}),
+                     mandatory=False)
+            for event, payload in events
+        ])
 
     async def subscribe(self, handler: EventHandler, channels: Sequence[str] | None = None) -> Subscription:
         if self.channel is None:

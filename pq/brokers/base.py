@@ -143,8 +143,8 @@ class MessageBroker(Connection):
     ``revoked`` round trip per batch.  False (the safe default) for brokers that do not."""
 
     carries_events: bool = False
-    """True when it also has ``publish`` and ``subscribe`` reaching every machine that uses
-    it (RabbitMQ's topic exchange): with a ``one_machine`` data store, events go that way,
+    """True when it also has ``publish``, ``publish_events`` (many of one channel, in order)
+    and ``subscribe`` reaching every machine that uses it (RabbitMQ's topic exchange): with a ``one_machine`` data store, events go that way,
     so ``on_events`` and waiting for results work across machines with this broker alone."""
 
     @abc.abstractmethod

@@ -122,6 +122,20 @@ async def test_events_reach_subscribers_of_two_brokers(make) -> None:
     assert len(got_here) == 20 and got_there[-1] == ("task", "after", b"")
 
 
+async def test_a_batch_of_events_arrives_whole_and_in_order(make) -> None:
+    here, there = await make(), await make()
+    got: list = []
+    sub = await there.subscribe(lambda *e: got.append(e), ["task"])
+    await here.publish_events("task", [(event, f"{i}".encode()) for i, event in
+                                       enumerate(["queued", "started", "done"] * 100)])
+    for _ in range(100):
+        if len(got) == 300:
+            break
+        await asyncio.sleep(0.05)
+    assert got == [("task", event, f"{i}".encode()) for i, event in enumerate(["queued", "started", "done"] * 100)]
+    await sub.close()
+
+
 async def test_batch_enqueue_is_confirmed_in_order(broker) -> None:
     await broker.enqueue([Envelope(f"m{i}", "q", b"") for i in range(300)])
     assert [d.id for d in await drain(broker, "q", 300)] == [f"m{i}" for i in range(300)]
