@@ -1,6 +1,7 @@
 """``api.tasks``: queue tasks and read them back (pulsar-queue's tasks producer)."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -15,7 +16,12 @@ from .tasks import (
 if TYPE_CHECKING:
     from .producer import Producer
 
+logger = logging.getLogger("pq.tasks")
+
 RESERVED = ("callback", "delay", "queue", "timeout", "meta_params", "eta", "task_id")
+CLAIM_TTL = 30.0
+"""Seconds a custom task_id's first record lives until queueing rewrites it for good: a
+caller that failed to queue and died leaves the id free again after that."""
 
 
 class TasksApi:
@@ -114,10 +120,12 @@ class TasksApi:
         else:
             await api._started()
         assert api.store is not None and api.broker is not None
+        claimed = False
         try:
             current = None
-            if custom_id:
-                existing = await api.store.add_task(task.id, body)
+            if custom_id:  # claimed for a while only: queueing rewrites the record for good
+                existing = await api.store.add_task(task.id, body, ttl=CLAIM_TTL)
+                claimed = existing is None
                 current = api.decode_task(existing) if existing is not None else None
             if current is not None and current.status not in READY_STATES:  # the live task of that id
                 current.done_callback = task.done_callback
@@ -127,8 +135,18 @@ class TasksApi:
         except BaseException:
             if waiter is not None:
                 api.drop_waiter(task.id, waiter)
+            if claimed:
+                await self._unclaim(task.id)
             raise
         return task if waiter is None else await api.wait_done(task.id, waiter)
+
+    async def _unclaim(self, task_id: str) -> None:
+        """A custom id whose queueing failed must not look queued to the caller's retry;
+        if even this fails, the claim expires after CLAIM_TTL seconds."""
+        try:
+            await self.api.store.delete_task(task_id)  # type: ignore[union-attr]
+        except Exception as exc:
+            logger.warning("task %s was not queued; its id stays taken for %.0f s: %s", task_id, CLAIM_TTL, exc)
 
     def _done_future(self, task_id: str) -> TaskFuture:
         """``done_callback`` of a task queued without waiting: it listens and waits only once used."""

@@ -13,7 +13,7 @@ from coreapp import make_app
 
 from pq import api as pq_api
 from pq.brokers.base import Envelope
-from pq.exceptions import ImproperlyConfigured, SerializationError, TaskNotAvailable
+from pq.exceptions import BrokerError, ImproperlyConfigured, SerializationError, TaskNotAvailable
 from pq.jobs.job import slugify
 from pq.tasks import FULL_RUN_STATES, READY_STATES, Task
 
@@ -155,6 +155,43 @@ async def test_custom_task_id_returns_the_same_future(api: Any, worker: Any) -> 
             break
         await asyncio.sleep(0.02)
     assert sizes["default"].ready == 0 and sizes["default"].inflight == 0
+
+
+async def test_a_custom_id_whose_queueing_failed_can_be_queued_again(
+    api: Any, worker: Any, monkeypatch: Any
+) -> None:
+    write = api.store.task_events
+    failures = [BrokerError("the broker went away")]
+
+    async def failing_once(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(api.store, "task_events", failing_once)
+    with pytest.raises(BrokerError, match="went away"):
+        await api.tasks.queue("addition", a=1, b=2, task_id="retried-1")
+    task = await asyncio.wait_for(api.tasks.queue("addition", a=1, b=2, task_id="retried-1"), 5)
+    assert (task.id, task.status_string, task.result) == ("retried-1", "SUCCESS", 3)
+
+
+async def test_a_custom_id_left_claimed_is_free_again_after_the_claim_expires(
+    api: Any, worker: Any, monkeypatch: Any
+) -> None:
+    import pq.taskapi
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerError("the store went away")
+
+    monkeypatch.setattr(pq.taskapi, "CLAIM_TTL", 0.3)
+    with monkeypatch.context() as broken:
+        broken.setattr(api.store, "task_events", failing)
+        broken.setattr(api.store, "delete_task", failing)
+        with pytest.raises(BrokerError):
+            await api.tasks.queue("addition", a=2, b=2, task_id="retried-2")
+    await asyncio.sleep(0.4)
+    task = await asyncio.wait_for(api.tasks.queue("addition", a=2, b=2, task_id="retried-2"), 5)
+    assert (task.status_string, task.result) == ("SUCCESS", 4)
 
 
 async def test_bad_input_fails_at_queue(api: Any) -> None:
