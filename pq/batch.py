@@ -21,6 +21,7 @@ class Batcher(Generic[T]):
         self.max_size = max_size
         self._items: list[T] = []
         self._done: asyncio.Future | None = None
+        self._writing: set[asyncio.Future] = set()  # the loop keeps only weak references to tasks
 
     async def add(self, items: Sequence[T]) -> None:
         """Write ``items`` with whatever else is added in this loop iteration."""
@@ -41,7 +42,9 @@ class Batcher(Generic[T]):
             return
         items, done = self._items, self._done
         self._items, self._done = [], None
-        asyncio.ensure_future(self._write(items, done))
+        write = asyncio.ensure_future(self._write(items, done))
+        self._writing.add(write)
+        write.add_done_callback(self._writing.discard)
 
     async def _write(self, items: list[T], done: asyncio.Future) -> None:
         try:

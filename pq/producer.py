@@ -70,6 +70,7 @@ class Producer:
         self._sweeper: asyncio.Future | None = None
         self._events: Batcher[tuple[str, bytes, float | None, str]]
         self._queueing: _QueueBatch | None = None
+        self._writing: set[asyncio.Task] = set()
         from .taskapi import TasksApi
 
         self.tasks = TasksApi(self)
@@ -303,7 +304,9 @@ class Producer:
         batch = self._queueing
         if batch is None or batch.loop is not loop:  # not another loop's, which may never run again
             batch = self._queueing = _QueueBatch(loop)
-            loop.create_task(self._write_batch(batch))
+            write = loop.create_task(self._write_batch(batch))
+            self._writing.add(write)  # held until done: the loop keeps only a weak reference
+            write.add_done_callback(self._writing.discard)
         future = loop.create_future()
         batch.tasks += tasks
         batch.futures.append((future, result))
