@@ -54,11 +54,17 @@ class EventCallbacks:
             try:
                 result = callback(channel, event, message)
                 if inspect.isawaitable(result):
-                    asyncio.ensure_future(result).add_done_callback(_log_failure)
+                    running = asyncio.ensure_future(result)
+                    _RUNNING.add(running)  # the loop keeps only weak references to tasks
+                    running.add_done_callback(_finished)
             except Exception:
                 logger.exception("on_events callback %r failed for %s.%s", callback, channel, event)
 
 
-def _log_failure(future: asyncio.Future) -> None:
+_RUNNING: set[asyncio.Future] = set()  # coroutine callbacks still running
+
+
+def _finished(future: asyncio.Future) -> None:
+    _RUNNING.discard(future)
     if not future.cancelled() and future.exception() is not None:
         logger.error("on_events callback failed", exc_info=future.exception())
