@@ -1,9 +1,9 @@
-"""Coalescing writes: what many coroutines ask for in one loop iteration goes in one call.
+"""Coalescing writes: what many callers ask for in one loop iteration goes in one call.
 
-The ``started`` and ``done`` events of the tasks a worker runs at once, or
-the task events of concurrent jobs, become one store round trip instead of one
-each (queueing has its own batch in ``Producer._enqueue_soon``).  Every caller still waits
-until its own items are written, and sees the write's error if it fails.
+A burst of ``queue()`` calls, the ``started`` and ``done`` events of the tasks
+a worker runs at once, or the task events of concurrent jobs become one store
+round trip instead of one each.  Every caller still waits until its own items
+are written, and sees the write's error if it fails.
 """
 from __future__ import annotations
 
@@ -13,43 +13,61 @@ from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 T = TypeVar("T")
 
 
+class _Batch(Generic[T]):
+    """Items collected on one loop, and the future their callers wait for."""
+
+    __slots__ = ("items", "done", "started")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.items: list[T] = []
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.started = False  # flushed: when full, then again by the loop turn it waited for
+
+
 class Batcher(Generic[T]):
     """Collects items until the loop yields, then writes them with one ``write(items)`` call."""
 
     def __init__(self, write: Callable[[list[T]], Awaitable[object]], max_size: int = 1000) -> None:
         self.write = write
         self.max_size = max_size
-        self._items: list[T] = []
-        self._done: asyncio.Future | None = None
+        self._open: _Batch[T] | None = None
         self._writing: set[asyncio.Future] = set()  # the loop keeps only weak references to tasks
 
     async def add(self, items: Sequence[T]) -> None:
         """Write ``items`` with whatever else is added in this loop iteration."""
-        if not items:
-            return
-        if self._done is None:
-            loop = asyncio.get_running_loop()
-            self._done = loop.create_future()
-            loop.call_soon(self._flush)
-        done = self._done
-        self._items.extend(items)
-        if len(self._items) >= self.max_size:
-            self._flush()
-        await asyncio.shield(done)
+        if items:
+            await asyncio.shield(self.submit(items))
 
-    def _flush(self) -> None:
-        if self._done is None:
+    def submit(self, items: Sequence[T]) -> "asyncio.Future[None]":
+        """``add`` without a coroutine, on the running loop: the future of the write that takes
+        ``items``.  A batch belongs to its loop; another loop's, which may never run again, is
+        left to it."""
+        loop = asyncio.get_running_loop()
+        batch = self._open
+        if batch is None or batch.done.get_loop() is not loop:
+            batch = self._open = _Batch(loop)
+            loop.call_soon(self._flush, batch)
+        batch.items.extend(items)
+        if len(batch.items) >= self.max_size:
+            self._flush(batch)
+        return batch.done
+
+    def _flush(self, batch: _Batch[T]) -> None:
+        if self._open is batch:
+            self._open = None
+        if batch.started:
             return
-        items, done = self._items, self._done
-        self._items, self._done = [], None
-        write = asyncio.ensure_future(self._write(items, done))
+        batch.started = True
+        write = asyncio.ensure_future(self._write(batch))
         self._writing.add(write)
         write.add_done_callback(self._writing.discard)
 
-    async def _write(self, items: list[T], done: asyncio.Future) -> None:
+    async def _write(self, batch: _Batch[T]) -> None:
         try:
-            await self.write(items)
+            await self.write(batch.items)
         except Exception as exc:
-            done.set_exception(exc)
+            batch.done.set_exception(exc)
         else:
-            done.set_result(None)
+            batch.done.set_result(None)
+        finally:
+            batch.done.cancel()  # only if still pending: this write was cancelled

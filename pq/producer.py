@@ -8,6 +8,7 @@ while the shell waits for input.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -24,7 +25,7 @@ from .jobs.executors import Executors
 from .jobs.registry import JobRegistry
 from .manager import Manager
 from .serializers import MessageCodec, get_codec
-from .tasks import READY_STATES, ApiFuture, Task
+from .tasks import READY_STATES, ApiFuture, Task, running_loop
 
 if TYPE_CHECKING:
     from .app import PulsarQueue
@@ -69,8 +70,7 @@ class Producer:
         self._mirrored: OrderedDict[str, None] = OrderedDict()  # ids whose events update records here
         self._sweeper: asyncio.Future | None = None
         self._events: Batcher[tuple[str, bytes, float | None, str]]
-        self._queueing: _QueueBatch | None = None
-        self._writing: set[asyncio.Task] = set()
+        self._queued: Batcher[tuple[Task, bytes]] = Batcher(self._write_queued, QUEUE_BATCH)
         from .taskapi import TasksApi
 
         self.tasks = TasksApi(self)
@@ -81,10 +81,7 @@ class Producer:
     # loop binding ---------------------------------------------------------------
     def call(self, coro: Coroutine[Any, Any, Any]) -> "asyncio.Future[Any] | Any":
         """Run ``coro`` on the api's loop; an asyncio task there, a concurrent future elsewhere."""
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
+        running = running_loop()
         if self._loop is None or self._loop.is_closed():
             self._loop = running or self._background_loop()
         if running is self._loop:
@@ -168,7 +165,6 @@ class Producer:
         if self._starting is None:
             return
         self._starting = None
-        self._queueing = None
         await self.manager.close()
         listening, self._listening = self._listening, {}
         for subscribing in listening.values():
@@ -280,8 +276,7 @@ class Producer:
 
     async def enqueue_tasks(self, tasks: list[tuple[Task, bytes]]) -> None:
         """Put new tasks on their queues, record them and publish ``queued``; bursts share round trips."""
-        if tasks:
-            await self._enqueue_soon(asyncio.get_running_loop(), tasks, None)
+        await self._queued.add(tasks)
 
     def queue_now(self, task: Task, body: bytes) -> "asyncio.Future[Task] | None":
         """Queue a new task without a coroutine of its own, when called on the api's loop once
@@ -291,45 +286,11 @@ class Producer:
         caller one write shared with the loop turn's other calls.
         """
         loop, starting = self._loop, self._starting
-        if loop is None or starting is None or not _succeeded(starting) or _running_loop() is not loop:
+        if loop is None or starting is None or not _succeeded(starting) or running_loop() is not loop:
             return None
-        return self._enqueue_soon(loop, [(task, body)], task)
-
-    def _enqueue_soon(
-        self, loop: asyncio.AbstractEventLoop, tasks: list[tuple[Task, bytes]], result: Any
-    ) -> "asyncio.Future[Any]":
-        """Add ``tasks`` to the next queued write, started if none waits to start; the future
-        resolves in ``result`` once they are written.  The write takes what was added before
-        it starts (the next loop turn), up to QUEUE_BATCH tasks."""
-        batch = self._queueing
-        if batch is None or batch.loop is not loop:  # not another loop's, which may never run again
-            batch = self._queueing = _QueueBatch(loop)
-            write = loop.create_task(self._write_batch(batch))
-            self._writing.add(write)  # held until done: the loop keeps only a weak reference
-            write.add_done_callback(self._writing.discard)
-        future = loop.create_future()
-        batch.tasks += tasks
-        batch.futures.append((future, result))
-        if len(batch.tasks) >= QUEUE_BATCH:
-            self._queueing = None
-        return future
-
-    async def _write_batch(self, batch: "_QueueBatch") -> None:
-        if self._queueing is batch:
-            self._queueing = None
-        try:
-            await self._write_queued(batch.tasks)
-        except Exception as exc:
-            for future, _ in batch.futures:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            for future, result in batch.futures:
-                if not future.done():
-                    future.set_result(result)
-        finally:
-            for future, _ in batch.futures:
-                future.cancel()  # only those left pending: this write was cancelled
+        queued: asyncio.Future[Task] = loop.create_future()
+        self._queued.submit([(task, body)]).add_done_callback(functools.partial(_settle, queued, task))
+        return queued
 
     async def _write_queued(self, tasks: list[tuple[Task, bytes]]) -> None:
         """Record first, then enqueue: a consumer may finish a task at once, and a QUEUED
@@ -434,23 +395,17 @@ class Producer:
         return [self.tasks]
 
 
-class _QueueBatch:
-    """Tasks queued in one loop turn, and the futures of their callers."""
-
-    __slots__ = ("loop", "tasks", "futures")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.tasks: list[tuple[Task, bytes]] = []
-        self.futures: list[tuple[asyncio.Future, Any]] = []
+def _settle(future: "asyncio.Future[Any]", result: Any, written: "asyncio.Future[None]") -> None:
+    """Resolve ``future`` in ``result`` as ``written`` ended (its error, its cancellation)."""
+    if future.done():
+        return
+    if written.cancelled():
+        future.cancel()
+    elif written.exception() is not None:
+        future.set_exception(written.exception())  # type: ignore[arg-type]
+    else:
+        future.set_result(result)
 
 
 def _succeeded(future: asyncio.Future) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

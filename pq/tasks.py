@@ -190,7 +190,8 @@ async def _result(future: "asyncio.Future[Any]") -> Any:
     return await asyncio.shield(future)
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop running in this thread, or None (a plain shell)."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -211,7 +212,7 @@ class ApiFuture:
         future = self._future
         if isinstance(future, concurrent.futures.Future):
             return asyncio.wrap_future(future).__await__()
-        if future.get_loop() is _running_loop():
+        if future.get_loop() is running_loop():
             return future.__await__()
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_result(future), future.get_loop())).__await__()
 
@@ -220,7 +221,7 @@ class ApiFuture:
         future = self._future
         if not isinstance(future, concurrent.futures.Future):
             loop = future.get_loop()
-            if loop is _running_loop():
+            if loop is running_loop():
                 raise RuntimeError("wait() cannot be used while the event loop runs: use 'await' instead")
             if not loop.is_running():
                 return loop.run_until_complete(asyncio.wait_for(asyncio.shield(future), timeout))
