@@ -101,9 +101,17 @@ def test_json_endpoints(dashboard: Dashboard) -> None:
 
 
 def test_metrics_parse_as_prometheus_text(dashboard: Dashboard) -> None:
-    status, headers, body = dashboard.get("/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+    actors = {"arbiter", "consumer-1", "consumer-2", "scheduler", "monitor"}
+
+    def metrics() -> dict[str, Any] | None:
+        status, headers, body = dashboard.get("/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+        reported = {s.labels["actor"] for s in families["pq_actor_resident_memory_bytes"].samples}
+        return families if actors <= reported else None
+
+    # Each actor reports its figures with its first heartbeat after start.
+    families = wait_for(metrics, 10, what="every actor in /metrics")
     ready = {s.labels["queue"]: s.value for s in families["pq_queue_ready"].samples}
     assert {"default", "dash-q"} <= set(ready)
     assert families["pq_tasks"].type == "counter"
@@ -111,7 +119,6 @@ def test_metrics_parse_as_prometheus_text(dashboard: Dashboard) -> None:
     assert ("dash-q", "success") in outcomes and ("dash-q", "failure") in outcomes
     assert families["pq_servers"].samples[0].value == 1
     memory = {s.labels["actor"]: s.value for s in families["pq_actor_resident_memory_bytes"].samples}
-    assert {"arbiter", "consumer-1", "consumer-2", "scheduler", "monitor"} <= set(memory)
     assert all(value > 1024 * 1024 for value in memory.values())
     processed = families["pq_actor_tasks_processed"]
     assert processed.type == "counter" and {s.labels["kind"] for s in processed.samples} == {"consumer"}
