@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import re
-from typing import Any, AsyncIterator, Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -27,6 +27,7 @@ from . import redis_scripts as lua
 from .base import DeadLetter, Delivery, Envelope, MessageBroker, QueueSize
 from .redis_events import BACKOFF_CAP, BACKOFF_START, UNREACHABLE, EventHub, NotingRetry, Outage
 from .redis_store import RedisDataStore
+from .resp import RespClient
 
 logger = logging.getLogger("pq.brokers.redis")
 
@@ -61,34 +62,30 @@ class RedisStore(MessageBroker, RedisDataStore):
         self._queues_key = self.prefix + "queues"
         self._client: Redis | None = None
         self._closed = False
-        self._blocked: set[asyncio.Future] = set()
-        self._max_block = 30.0
         self._outage = Outage(self.safe_url)
         self._events = EventHub(lambda: self.redis, self.channel, self._outage, confirm_timeout=5.0)
+        options = dict(self.options)
+        self._retries = options.pop("retries", RETRIES)
+        self._settings: dict[str, Any] = {
+            "socket_connect_timeout": 5, "socket_timeout": 10, "health_check_interval": 15,
+            **({} if url.lower().startswith("unix:") else {"socket_keepalive": True}),
+            **options,
+        }
+        self.resp = RespClient(url, self._settings, self._outage, self._retries)
+        socket_timeout = self._settings.get("socket_timeout")
+        self._max_block = max(0.05, min(30.0, socket_timeout * 0.8)) if socket_timeout else 30.0
 
     # connection -----------------------------------------------------------
     @property
     def redis(self) -> Redis:
-        """The redis-py client, created on first use."""
+        """The redis-py client, created on first use: pub/sub only, commands go through ``resp``."""
         if self._client is None:
-            options = dict(self.options)
             backoff = ExponentialWithJitterBackoff(BACKOFF_START, BACKOFF_CAP)
-            settings: dict[str, Any] = {
-                "socket_connect_timeout": 5,
-                "socket_timeout": 10,
-                "health_check_interval": 15,
-                "retry": NotingRetry(self._outage, backoff, options.pop("retries", RETRIES)),
-            }
-            if not self.url.lower().startswith("unix:"):
-                settings["socket_keepalive"] = True
             # A bounded pool whose callers wait for a free connection: a burst of
             # concurrent calls queues up instead of failing with "Too many connections".
-            settings["max_connections"] = MAX_CONNECTIONS
-            pool = BlockingConnectionPool.from_url(self.url, **{**settings, **options})
-            self._client = Redis.from_pool(pool)
-            socket_timeout = self._client.connection_pool.connection_kwargs.get("socket_timeout")
-            if socket_timeout:
-                self._max_block = max(0.05, min(30.0, socket_timeout * 0.8))
+            settings = {"max_connections": MAX_CONNECTIONS, **self._settings,
+                        "retry": NotingRetry(self._outage, backoff, self._retries)}
+            self._client = Redis.from_pool(BlockingConnectionPool.from_url(self.url, **settings))
         return self._client
 
     @contextlib.contextmanager
@@ -115,25 +112,29 @@ class RedisStore(MessageBroker, RedisDataStore):
     async def connect(self) -> None:
         self._closed = False
         with self._io("INFO"):
-            info = await self.redis.info("server")
-        version = tuple(int(part) for part in str(info.get("redis_version", "0")).split(".")[:2])
-        if version < MIN_VERSION:
+            info = await self._command("INFO", "server")
+        found = re.search(rb"redis_version:(\d+)\.(\d+)", info)
+        if found is None or (int(found[1]), int(found[2])) < MIN_VERSION:
             raise ImproperlyConfigured(
-                f"Redis at {self.safe_url} is version {info.get('redis_version')}; "
+                f"Redis at {self.safe_url} is version {found[0][14:].decode() if found else 'unknown'}; "
                 "pq needs 6.2 or later"
             )
 
     async def drop(self) -> None:
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "*"
         with self._io("drop"):
-            async for keys in _batched(self.redis.scan_iter(match=pattern, count=1000)):
-                await self.redis.unlink(*keys)
+            cursor: Any = 0
+            while True:
+                cursor, keys = await self._command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                if keys:
+                    await self._command("UNLINK", *keys)
+                if cursor == b"0":
+                    return
 
     async def close(self) -> None:
         """Also ends fetches blocked in this store: they return []."""
         self._closed = True
-        for pop in self._blocked:
-            pop.cancel()
+        self.resp.close()
         await self._events.close()
         if self._client is not None:
             client, self._client = self._client, None
@@ -145,7 +146,7 @@ class RedisStore(MessageBroker, RedisDataStore):
         calls = self._enqueue_calls(envelopes)
         if calls:
             with self._io("enqueue"):
-                await lua.ENQUEUE.many(self.redis, [self._queues_key], calls)
+                await lua.ENQUEUE.many(self.resp, [self._queues_key], calls)
 
     def _enqueue_calls(self, envelopes: Sequence[Envelope]) -> list[list[Any]]:
         calls = []
@@ -166,14 +167,12 @@ class RedisStore(MessageBroker, RedisDataStore):
             return await super().task_events(items)
         calls = self._enqueue_calls(envelopes)
         commands = self._event_commands(items)
-        commands += [("EVALSHA", lua.ENQUEUE.sha, 1, self._queues_key, *args) for args in calls]
+        commands += [lua.ENQUEUE.command([self._queues_key], args) for args in calls]
         with self._io("enqueue"):
-            replies = await self._exchange(commands)
+            replies = await self.resp.exchange(commands)
             scripts = replies[len(replies) - len(calls):]
-            failed = [args for args, reply in zip(calls, scripts) if isinstance(reply, NoScriptError)]
-            if failed:  # the server lost its scripts (a restart): load and run those again
-                await lua.ENQUEUE.many(self.redis, [self._queues_key], failed)
-            errors = [reply for reply in replies if isinstance(reply, Exception) and not isinstance(reply, NoScriptError)]
+            await lua.ENQUEUE.rerun_missing(self.resp, [self._queues_key], calls, scripts)
+            errors = [reply for reply in replies[:len(replies) - len(calls)] + scripts if isinstance(reply, Exception)]
             if errors:
                 raise errors[0]
 
@@ -182,20 +181,25 @@ class RedisStore(MessageBroker, RedisDataStore):
     ) -> list[Delivery]:
         """Claim up to ``count`` in one script call; when none is ready, BLPOP the wake lists.
 
-        The block lasts at most until the next delayed message or lease is
-        due, so those become ready without polling.  A lost server is
+        The FETCH script goes out with the BLPOP, on its connection: Redis runs it
+        as soon as the block ends, so a task queued to an idle consumer costs it one
+        round trip, not two.  The block lasts at most until the next delayed message
+        or lease is due, so those become ready without polling.  A lost server is
         retried with backoff until ``timeout``: a consumer never sees it fail.
         """
         if not queues or count <= 0:
             return []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0)
-        args = [self.prefix, count, lua.ms(lease), *queues]
+        keys, args = [self._queues_key], [self.prefix, count, lua.ms(lease), *queues]
+        fetch = lua.FETCH.command(keys, args)
         wake_keys = [f"{self.prefix}wake:{queue}" for queue in queues]
         backoff = BACKOFF_START
+        reply: Any = None
         while not self._closed:
             try:
-                reply = await lua.FETCH(self.redis, [self._queues_key], args)
+                if reply is None:
+                    reply = await lua.FETCH(self.resp, keys, args)
                 self._outage.ok()
                 backoff = BACKOFF_START
                 wait = deadline - loop.time()
@@ -203,9 +207,18 @@ class RedisStore(MessageBroker, RedisDataStore):
                     return _deliveries(reply)
                 if reply[0] >= 0:
                     wait = min(wait, reply[0] / 1000)
-                if wait > 0:
-                    await self._block(wake_keys, min(wait, self._max_block))
+                if wait <= 0:
+                    reply = None
+                    continue
+                seconds = min(wait, self._max_block)
+                block = ("BLPOP", *wake_keys, math.ceil(seconds) + 1)
+                _, reply = await self.resp.blocking([block, fetch], seconds)
+                if isinstance(reply, NoScriptError):  # the server restarted: FETCH loads it again
+                    reply = None
+                elif isinstance(reply, Exception):
+                    raise reply
             except UNREACHABLE as exc:
+                reply = None
                 if self._closed:
                     break
                 self._outage.failed(exc)
@@ -218,39 +231,19 @@ class RedisStore(MessageBroker, RedisDataStore):
                 raise BrokerError(f"Redis at {self.safe_url} refused fetch: {exc}") from exc
         return []
 
-    async def _block(self, keys: list[str], seconds: float) -> None:
-        """BLPOP ``keys`` for ``seconds``, timed here: Redis ends blocks on its cron tick (100 ms).
-
-        The server's own timeout, a second later, only frees it if this
-        client vanished; when the client timer fires first redis-py drops
-        the connection, which costs a reconnect, not a message.  ``close``
-        cancels the BLPOP.
-        """
-        pop = asyncio.ensure_future(self.redis.blpop(keys, timeout=math.ceil(seconds) + 1))
-        self._blocked.add(pop)
-        try:
-            await asyncio.wait({pop}, timeout=seconds)
-        finally:
-            self._blocked.discard(pop)
-            if not pop.done():
-                pop.cancel()
-                await asyncio.gather(pop, return_exceptions=True)
-        if not pop.cancelled() and pop.exception() is not None:
-            raise pop.exception()
-
     async def renew(self, deliveries: Sequence[Delivery], lease: float) -> None:
         if deliveries:
             ms = lua.ms(lease)
             calls = [[self.prefix, queue, ms, *pairs] for queue, pairs in _by_queue(deliveries)]
             with self._io("renew"):
-                await lua.RENEW.many(self.redis, [self._queues_key], calls)
+                await lua.RENEW.many(self.resp, [self._queues_key], calls)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """One script call per queue and 1000 messages, all in one round trip."""
         if deliveries:
             calls = [[self.prefix, queue, *pairs] for queue, pairs in _by_queue(deliveries)]
             with self._io("ack"):
-                await lua.ACK.many(self.redis, [self._queues_key], calls)
+                await lua.ACK.many(self.resp, [self._queues_key], calls)
 
     async def requeue(
         self, delivery: Delivery, body: bytes | None = None, delay: float = 0.0
@@ -258,14 +251,14 @@ class RedisStore(MessageBroker, RedisDataStore):
         ms = lua.ms(delay) if delay > 0 else 0
         args = [self.prefix, delivery.queue, delivery.id, _token(delivery), ms]
         with self._io("requeue"):
-            done = await lua.REQUEUE(self.redis, [self._queues_key], args + _optional(body))
+            done = await lua.REQUEUE(self.resp, [self._queues_key], args + _optional(body))
         if not done:
             logger.info("lease of %s was lost before its requeue; it runs again", delivery.id)
 
     async def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
         args = [self.prefix, delivery.queue, delivery.id, _token(delivery), reason]
         with self._io("dead_letter"):
-            done = await lua.DEAD_LETTER(self.redis, [self._queues_key], args + _optional(body))
+            done = await lua.DEAD_LETTER(self.resp, [self._queues_key], args + _optional(body))
         if not done:
             logger.info("lease of %s was lost before dead-lettering; it runs again", delivery.id)
 
@@ -274,7 +267,7 @@ class RedisStore(MessageBroker, RedisDataStore):
             return []
         with self._io("dead_letters"):
             args = [self.prefix, limit, queue or ""]
-            reply = await lua.DEAD_LETTERS(self.redis, [self._queues_key], args)
+            reply = await lua.DEAD_LETTERS(self.resp, [self._queues_key], args)
         return [
             DeadLetter(
                 id=reply[i].decode(), queue=reply[i + 1].decode(), body=reply[i + 2],
@@ -296,11 +289,11 @@ class RedisStore(MessageBroker, RedisDataStore):
             if not calls:
                 return 0
             with self._io("dead letters"):
-                return sum(await script.many(self.redis, keys, calls))
+                return sum(await script.many(self.resp, keys, calls))
         with self._io("dead letters"):
             total = 0
             while True:
-                done = await script(self.redis, keys, [self.prefix, "0"])
+                done = await script(self.resp, keys, [self.prefix, "0"])
                 total += done
                 if done < lua.BATCH:
                     return total
@@ -309,7 +302,7 @@ class RedisStore(MessageBroker, RedisDataStore):
         total = 0
         with self._io("purge"):
             while True:
-                done = await lua.PURGE(self.redis, [self._queues_key], [self.prefix, queue])
+                done = await lua.PURGE(self.resp, [self._queues_key], [self.prefix, queue])
                 total += done
                 if done < lua.BATCH:
                     return total
@@ -317,18 +310,20 @@ class RedisStore(MessageBroker, RedisDataStore):
     async def sizes(self, queues: Sequence[str]) -> dict[str, QueueSize]:
         if not queues:
             return {}
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[tuple[str, str]] = []
         for queue in queues:
-            pipe.llen(f"{self.prefix}ready:{queue}")
-            for kind in ("delayed", "leased", "dead"):
-                pipe.zcard(f"{self.prefix}{kind}:{queue}")
+            commands.append(("LLEN", f"{self.prefix}ready:{queue}"))
+            commands += [("ZCARD", f"{self.prefix}{kind}:{queue}") for kind in ("delayed", "leased", "dead")]
         with self._io("sizes"):
-            counts = await pipe.execute()
+            counts = await self.resp.exchange(commands)
+            for count in counts:
+                if isinstance(count, Exception):
+                    raise count
         return {queue: QueueSize(*counts[4 * i:4 * i + 4]) for i, queue in enumerate(queues)}
 
     async def recover(self) -> int:
         with self._io("recover"):
-            return await lua.RECOVER(self.redis, [self._queues_key], [self.prefix])
+            return await lua.RECOVER(self.resp, [self._queues_key], [self.prefix])
 
 
 def _deliveries(reply: list[Any]) -> list[Delivery]:
@@ -337,17 +332,6 @@ def _deliveries(reply: list[Any]) -> list[Delivery]:
                  deliveries=reply[i + 3], token=reply[i + 4])
         for i in range(1, len(reply), 5)
     ]
-
-
-async def _batched(keys: AsyncIterator[bytes], size: int = 1000) -> AsyncIterator[list[bytes]]:
-    batch: list[bytes] = []
-    async for key in keys:
-        batch.append(key)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _chunks(items: Sequence[T], size: int = lua.BATCH) -> list[Sequence[T]]:

@@ -12,8 +12,9 @@ import hashlib
 import math
 from typing import Any, Sequence
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from .resp import RespClient
 
 BATCH = 1000
 """Most messages one script call moves or handles (Lua's ``unpack`` limit is 8000)."""
@@ -31,35 +32,34 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, client: Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+    def command(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+        """The EVALSHA command of one call, to send with others."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
-    async def many(
-        self, client: Redis, keys: Sequence[Any], calls: Sequence[Sequence[Any]]
-    ) -> list[Any]:
+    async def __call__(self, client: RespClient, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        return (await self.many(client, keys, [args]))[0]
+
+    async def many(self, client: RespClient, keys: Sequence[Any], calls: Sequence[Sequence[Any]]) -> list[Any]:
         """Run the script once per argument list, all in one round trip."""
-        if len(calls) == 1:
-            return [await self(client, keys, calls[0])]
-        pipe = client.pipeline(transaction=False)
-        for args in calls:
-            pipe.evalsha(self.sha, len(keys), *keys, *args)
-        results = await pipe.execute(raise_on_error=False)
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if missing:
-            await client.script_load(self.source)
-            pipe = client.pipeline(transaction=False)
-            for i in missing:
-                pipe.evalsha(self.sha, len(keys), *keys, *calls[i])
-            for i, result in zip(missing, await pipe.execute(raise_on_error=False)):
-                results[i] = result
+        results = await client.exchange([self.command(keys, args) for args in calls])
+        await self.rerun_missing(client, keys, calls, results)
         for result in results:
             if isinstance(result, Exception):
                 raise result
         return results
+
+    async def rerun_missing(
+        self, client: RespClient, keys: Sequence[Any], calls: Sequence[Sequence[Any]], results: list[Any]
+    ) -> None:
+        """Load the script and run again the calls whose result says the server lost it."""
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            load = ("SCRIPT", "LOAD", self.source)
+            loaded, *again = await client.exchange([load, *(self.command(keys, calls[i]) for i in missing)])
+            if isinstance(loaded, Exception):
+                raise loaded
+            for i, result in zip(missing, again):
+                results[i] = result
 
 
 CLOCK = """

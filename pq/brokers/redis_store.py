@@ -10,17 +10,18 @@ from __future__ import annotations
 from typing import Any, Callable, ContextManager, Sequence
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from .base import DataStore, Envelope, EventHandler, Subscription
 from .redis_events import EventHub, batch_frame, frame
 from .redis_scripts import CLOCK, Script, ms
+from .resp import RespClient
 
 
 class RedisDataStore(DataStore):
     """Data store methods; RedisStore gives them its client, key prefix and error handling."""
 
-    redis: Redis
+    redis: Redis  # for pub/sub
+    resp: RespClient  # for every command
     prefix: str
     channel: str
     _events: EventHub
@@ -29,11 +30,18 @@ class RedisDataStore(DataStore):
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
 
+    async def _command(self, *command: Any) -> Any:
+        """One command's reply; an error reply raised."""
+        (reply,) = await self.resp.exchange([command])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
     # events ---------------------------------------------------------------
     async def publish(self, channel: str, event: str, payload: bytes) -> None:
         message = frame(channel, event, payload)
         with self._io("PUBLISH"):
-            await self.redis.publish(self.channel + channel, message)
+            await self._command("PUBLISH", self.channel + channel, message)
 
     async def subscribe(self, handler: EventHandler, channels: Sequence[str] | None = None) -> Subscription:
         with self._io("SUBSCRIBE"):
@@ -46,7 +54,7 @@ class RedisDataStore(DataStore):
         if not items:
             return
         with self._io("task_events"):
-            for reply in await self._exchange(self._event_commands(items)):
+            for reply in await self.resp.exchange(self._event_commands(items)):
                 if isinstance(reply, Exception):
                     raise reply
 
@@ -70,102 +78,90 @@ class RedisDataStore(DataStore):
         commands.append(("PUBLISH", self.channel + "task", events))
         return commands
 
-    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send ``commands`` in one write on one pooled connection, then read every reply,
-        error replies as values.  What redis-py's Pipeline does on the hot path of every
-        task, without its extra tasks, hooks and loop turns; retried on a lost connection
-        as any redis-py call (the commands are safe to repeat)."""
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()
-        try:
-            return await conn.retry.call_with_retry(lambda: _send_all(conn, commands), lambda error: conn.disconnect())
-        finally:
-            await pool.release(conn)
-
     # task records -----------------------------------------------------------
     async def set_task(self, task_id: str, body: bytes, ttl: float | None = None) -> None:
         with self._io("set_task"):
-            px = None if ttl is None else ms(ttl)
-            await self.redis.set(self._key("task", task_id), body, px=px)
+            key = self._key("task", task_id)
+            await self._command(*(("SET", key, body) if ttl is None else ("SET", key, body, "PX", ms(ttl))))
 
     async def add_task(self, task_id: str, body: bytes, ttl: float | None = None) -> bytes | None:
         args = [body, "" if ttl is None else ms(ttl)]
         with self._io("add_task"):
-            return await ADD_TASK(self.redis, [self._key("task", task_id)], args)
+            return await ADD_TASK(self.resp, [self._key("task", task_id)], args)
 
     async def get_tasks(self, task_ids: Sequence[str]) -> list[bytes | None]:
         if not task_ids:
             return []
         with self._io("get_tasks"):
-            return await self.redis.mget([self._key("task", task_id) for task_id in task_ids])
+            return await self._command("MGET", *(self._key("task", task_id) for task_id in task_ids))
 
     async def delete_task(self, task_id: str) -> None:
         with self._io("delete_task"):
-            await self.redis.delete(self._key("task", task_id))
+            await self._command("DEL", self._key("task", task_id))
 
     # revocations --------------------------------------------------------------
     async def revoke(self, task_id: str, ttl: float) -> None:
         with self._io("revoke"):
-            await self.redis.set(self._key("revoked", task_id), b"1", px=ms(ttl))
+            await self._command("SET", self._key("revoked", task_id), b"1", "PX", ms(ttl))
 
     async def revoked(self, task_ids: Sequence[str]) -> set[str]:
         if not task_ids:
             return set()
         with self._io("revoked"):
-            values = await self.redis.mget([self._key("revoked", task_id) for task_id in task_ids])
+            values = await self._command("MGET", *(self._key("revoked", task_id) for task_id in task_ids))
         return {task_id for task_id, value in zip(task_ids, values) if value is not None}
 
     # leased counters ----------------------------------------------------------
     async def acquire_slot(self, name: str, limit: int, holder: str, lease: float) -> bool:
         with self._io("acquire_slot"):
             args = [holder, limit, ms(lease)]
-            return bool(await ACQUIRE_SLOT(self.redis, [self._key("slots", name)], args))
+            return bool(await ACQUIRE_SLOT(self.resp, [self._key("slots", name)], args))
 
     async def release_slot(self, name: str, holder: str) -> None:
         with self._io("release_slot"):
-            await self.redis.zrem(self._key("slots", name), holder)
+            await self._command("ZREM", self._key("slots", name), holder)
 
     async def renew_slots(self, slots: Sequence[tuple[str, str]], lease: float) -> None:
         if slots:
             keys = [self._key("slots", name) for name, _ in slots]
             args = [ms(lease), *(holder for _, holder in slots)]
             with self._io("renew_slots"):
-                await RENEW_SLOTS(self.redis, keys, args)
+                await RENEW_SLOTS(self.resp, keys, args)
 
     async def slot_count(self, name: str) -> int:
         with self._io("slot_count"):
-            return await SLOT_COUNT(self.redis, [self._key("slots", name)], [])
+            return await SLOT_COUNT(self.resp, [self._key("slots", name)], [])
 
     # locks ---------------------------------------------------------------------
     async def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
         with self._io("acquire_lock"):
             args = [holder, ms(ttl)]
-            return bool(await ACQUIRE_LOCK(self.redis, [self._key("lock", name)], args))
+            return bool(await ACQUIRE_LOCK(self.resp, [self._key("lock", name)], args))
 
     async def release_lock(self, name: str, holder: str) -> bool:
         with self._io("release_lock"):
-            return bool(await RELEASE_LOCK(self.redis, [self._key("lock", name)], [holder]))
+            return bool(await RELEASE_LOCK(self.resp, [self._key("lock", name)], [holder]))
 
     async def lock_holder(self, name: str) -> str | None:
         with self._io("lock_holder"):
-            holder = await self.redis.get(self._key("lock", name))
+            holder = await self._command("GET", self._key("lock", name))
         return None if holder is None else holder.decode()
 
     # counters ------------------------------------------------------------------
     async def incr(self, key: str, amount: int = 1) -> int:
         with self._io("incr"):
-            return await self.redis.hincrby(self.prefix + "counters", key, amount)
+            return await self._command("HINCRBY", self.prefix + "counters", key, amount)
 
     async def delete_counters(self, keys: Sequence[str]) -> None:
         if keys:
             with self._io("delete_counters"):
-                await self.redis.hdel(self.prefix + "counters", *keys)
+                await self._command("HDEL", self.prefix + "counters", *keys)
 
     async def get_counters(self, keys: Sequence[str]) -> dict[str, int]:
         if not keys:
             return {}
         with self._io("get_counters"):
-            values = await self.redis.hmget(self.prefix + "counters", list(keys))
+            values = await self._command("HMGET", self.prefix + "counters", *keys)
         return {key: int(value or 0) for key, value in zip(keys, values)}
 
 
@@ -233,14 +229,3 @@ RELEASE_LOCK = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """)
-
-
-async def _send_all(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    await conn.send_packed_command(conn.pack_commands(commands))
-    replies: list[Any] = []
-    for _ in commands:
-        try:
-            replies.append(await conn.read_response())
-        except ResponseError as exc:
-            replies.append(exc)
-    return replies
