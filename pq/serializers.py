@@ -48,7 +48,7 @@ class JsonCodec(Codec):
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         """Refuses NaN and infinities, as ``encode`` does: a message must re-encode once decoded."""
-        return json.loads(payload, parse_constant=_not_a_number, parse_float=_finite)
+        return _JSON_DECODER.decode(payload.decode() if isinstance(payload, (bytes, bytearray)) else payload)
 
 
 def _not_a_number(name: str) -> float:
@@ -60,6 +60,10 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text} is out of the range of a float")
     return value
+
+
+# One decoder too: json.loads with options builds a new one (and its scanner) per call.
+_JSON_DECODER = json.JSONDecoder(parse_constant=_not_a_number, parse_float=_finite)
 
 
 class MsgpackCodec(Codec):

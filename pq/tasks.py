@@ -43,6 +43,9 @@ FIELDS = (
     "retries", "attempts",
 )
 _values = operator.attrgetter(*FIELDS)
+_FIELD_SET = frozenset(FIELDS)
+_STRINGS = ("queue", "from_task", "exception", "stacktrace", "worker")
+_TIMES = ("time_queued", "time_started", "time_ended", "eta", "timeout")
 
 
 def _is_number(value: Any) -> bool:
@@ -139,8 +142,8 @@ class Task:
         """Build a task from a decoded message, refusing one of the wrong shape."""
         if not isinstance(data, dict):
             raise MessageError(f"a task message must be a map, got {type(data).__name__}")
-        unknown = set(data) - set(FIELDS)
-        if unknown:
+        if not _FIELD_SET.issuperset(data):
+            unknown = set(data) - _FIELD_SET
             raise MessageError(f"task message has unknown field(s): {', '.join(sorted(map(str, unknown)))}")
         name, task_id, kwargs = data.get("name"), data.get("id"), data.get("kwargs", {})
         if not isinstance(task_id, str) or not task_id:
@@ -152,20 +155,21 @@ class Task:
         status = data.get("status", QUEUED)
         if not _is_number(status) or status not in STATUS_STRINGS:
             raise MessageError(f"task 'status' {status!r} is not a known state")
-        for key in ("queue", "from_task", "exception", "stacktrace", "worker"):
+        for key in _STRINGS:
             value = data.get(key)
             if value is not None and not isinstance(value, str):
                 raise MessageError(f"task {key!r} must be a string, got {type(value).__name__}")
         meta = data.get("meta")
-        if meta is None:
-            meta = {}
-        elif not isinstance(meta, dict):
+        if meta:
+            if not isinstance(meta, dict):
+                raise MessageError("task 'meta' must be a map")
+            for key in META_OVERRIDES:  # the worker computes with these: a bad one must not reach it
+                value = meta.get(key)
+                if value is not None and not (_is_number(value) and value >= 0):
+                    raise MessageError(f"task meta {key!r} must be a finite number >= 0, got {value!r}")
+        elif meta is not None and meta != {}:
             raise MessageError("task 'meta' must be a map")
-        for key in META_OVERRIDES:  # the worker computes with these: a bad one must not reach it
-            value = meta.get(key)
-            if value is not None and not (_is_number(value) and value >= 0):
-                raise MessageError(f"task meta {key!r} must be a finite number >= 0, got {value!r}")
-        for key in ("time_queued", "time_started", "time_ended", "eta", "timeout"):
+        for key in _TIMES:
             value = data.get(key)
             if value is not None and not _is_number(value):
                 raise MessageError(f"task {key!r} must be a finite number, got {value!r}")
