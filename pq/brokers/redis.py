@@ -62,6 +62,7 @@ class RedisStore(MessageBroker, RedisDataStore):
         self._queues_key = self.prefix + "queues"
         self._client: Redis | None = None
         self._closed = False
+        self._drained: dict[tuple[str, ...], float] = {}  # see fetch
         self._outage = Outage(self.safe_url)
         self._events = EventHub(lambda: self.redis, self.channel, self._outage, confirm_timeout=5.0)
         options = dict(self.options)
@@ -183,9 +184,11 @@ class RedisStore(MessageBroker, RedisDataStore):
 
         The FETCH script goes out with the BLPOP, on its connection: Redis runs it
         as soon as the block ends, so a task queued to an idle consumer costs it one
-        round trip, not two.  The block lasts at most until the next delayed message
-        or lease is due, so those become ready without polling.  A lost server is
-        retried with backoff until ``timeout``: a consumer never sees it fail.
+        round trip, not two.  A consumer whose last fetch left the queues empty
+        blocks at once: whatever was queued since left a wake token.  The block
+        lasts at most until the next delayed message or lease is due, so those
+        become ready without polling.  A lost server is retried with backoff until
+        ``timeout``: a consumer never sees it fail.
         """
         if not queues or count <= 0:
             return []
@@ -194,19 +197,28 @@ class RedisStore(MessageBroker, RedisDataStore):
         keys, args = [self._queues_key], [self.prefix, count, lua.ms(lease), *queues]
         fetch = lua.FETCH.command(keys, args)
         wake_keys = [f"{self.prefix}wake:{queue}" for queue in queues]
+        drained = (consumer, *queues)
+        due = self._drained.pop(drained, None)  # when the next delayed message or lease is due
         backoff = BACKOFF_START
         reply: Any = None
         while not self._closed:
             try:
-                if reply is None:
-                    reply = await lua.FETCH(self.resp, keys, args)
-                self._outage.ok()
-                backoff = BACKOFF_START
-                wait = deadline - loop.time()
-                if len(reply) > 1 or wait <= 0:
-                    return _deliveries(reply)
-                if reply[0] >= 0:
-                    wait = min(wait, reply[0] / 1000)
+                if due is not None:
+                    wait, due = min(deadline, due) - loop.time(), None
+                else:
+                    if reply is None:
+                        reply = await lua.FETCH(self.resp, keys, args)
+                    self._outage.ok()
+                    backoff = BACKOFF_START
+                    now = loop.time()
+                    wait = deadline - now
+                    taken = (len(reply) - 1) // 5
+                    if taken or wait <= 0:
+                        if taken < count:
+                            self._drained[drained] = now + reply[0] / 1000 if reply[0] >= 0 else math.inf
+                        return _deliveries(reply)
+                    if reply[0] >= 0:
+                        wait = min(wait, reply[0] / 1000)
                 if wait <= 0:
                     reply = None
                     continue

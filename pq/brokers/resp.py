@@ -33,20 +33,26 @@ LOST = (ConnectionError, TimeoutError, OSError)
 def pack(commands: Sequence[Command]) -> bytes:
     """``commands`` in the RESP2 request format, ready for one write."""
     parts = []
+    append = parts.append
     for command in commands:
-        parts.append(b"*%d\r\n" % len(command))
+        append(b"*%d\r\n" % len(command))
         for arg in command:
-            if isinstance(arg, str):
+            kind = type(arg)
+            if kind is bytes:
+                pass
+            elif kind is str:
                 arg = arg.encode()
+            elif kind is int:
+                arg = b"%d" % arg
+            elif kind is float:
+                arg = repr(arg).encode()
+            elif isinstance(arg, (bytes, bytearray, memoryview)):
+                arg = bytes(arg)
             elif isinstance(arg, int) and not isinstance(arg, bool):
                 arg = b"%d" % arg
-            elif isinstance(arg, float):
-                arg = repr(arg).encode()
-            elif not isinstance(arg, (bytes, bytearray, memoryview)):
+            else:
                 raise TypeError(f"cannot send {type(arg).__name__} {arg!r} to Redis; use bytes, str, int or float")
-            parts.append(b"$%d\r\n" % len(arg))
-            parts.append(arg)
-            parts.append(b"\r\n")
+            append(b"$%d\r\n%b\r\n" % (len(arg), arg))
     return b"".join(parts)
 
 
