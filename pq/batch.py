@@ -3,7 +3,12 @@
 A burst of ``queue()`` calls, the ``started`` and ``done`` events of the tasks
 a worker runs at once, or the task events of concurrent jobs become one store
 round trip instead of one each.  Every caller still waits until its own items
-are written, and sees the write's error if it fails.
+are written, and sees the write's error if it fails.  Items that may wait
+(``delay``) hold their batch open until then, or until items that may not
+wait join it: a ``started`` event of a short task then goes in one write with
+its ``done``.  A batch is written only once the batch before it (on the same
+loop) is, so what was submitted later never lands first, even when a lost
+connection makes a write retry.
 """
 from __future__ import annotations
 
@@ -16,12 +21,14 @@ T = TypeVar("T")
 class _Batch(Generic[T]):
     """Items collected on one loop, and the future their callers wait for."""
 
-    __slots__ = ("items", "done", "started")
+    __slots__ = ("items", "done", "started", "timer", "previous")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, previous: "asyncio.Future[None] | None") -> None:
         self.items: list[T] = []
         self.done: asyncio.Future[None] = loop.create_future()
         self.started = False  # flushed: when full, then again by the loop turn it waited for
+        self.timer: asyncio.TimerHandle | None = None  # the flush of a batch that may wait
+        self.previous = previous  # the write of the batch before, on this loop
 
 
 class Batcher(Generic[T]):
@@ -31,21 +38,31 @@ class Batcher(Generic[T]):
         self.write = write
         self.max_size = max_size
         self._open: _Batch[T] | None = None
+        self._last: asyncio.Future[None] | None = None  # the write of the latest batch flushed
         self._writing: set[asyncio.Future] = set()  # the loop keeps only weak references to tasks
 
-    async def add(self, items: Sequence[T]) -> None:
-        """Write ``items`` with whatever else is added in this loop iteration."""
+    async def add(self, items: Sequence[T], delay: float = 0.0) -> None:
+        """Write ``items`` with whatever else is added in this loop iteration (or within ``delay``)."""
         if items:
-            await asyncio.shield(self.submit(items))
+            await asyncio.shield(self.submit(items, delay))
 
-    def submit(self, items: Sequence[T]) -> "asyncio.Future[None]":
+    def submit(self, items: Sequence[T], delay: float = 0.0) -> "asyncio.Future[None]":
         """``add`` without a coroutine, on the running loop: the future of the write that takes
         ``items``.  A batch belongs to its loop; another loop's, which may never run again, is
-        left to it."""
+        left to it.  Items that may wait ``delay`` seconds keep the batch open that long, unless
+        items that may not wait come first."""
         loop = asyncio.get_running_loop()
         batch = self._open
         if batch is None or batch.done.get_loop() is not loop:
-            batch = self._open = _Batch(loop)
+            last = self._last
+            batch = self._open = _Batch(loop, last if last is not None and last.get_loop() is loop else None)
+            if delay > 0:
+                batch.timer = loop.call_later(delay, self._flush, batch)
+            else:
+                loop.call_soon(self._flush, batch)
+        elif delay <= 0 and batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
             loop.call_soon(self._flush, batch)
         batch.items.extend(items)
         if len(batch.items) >= self.max_size:
@@ -58,12 +75,18 @@ class Batcher(Generic[T]):
         if batch.started:
             return
         batch.started = True
+        if batch.timer is not None:
+            batch.timer.cancel()
         write = asyncio.ensure_future(self._write(batch))
+        self._last = write
         self._writing.add(write)
         write.add_done_callback(self._writing.discard)
 
     async def _write(self, batch: _Batch[T]) -> None:
         try:
+            previous, batch.previous = batch.previous, None
+            if previous is not None and not previous.done():
+                await asyncio.wait({previous})
             await self.write(batch.items)
         except Exception as exc:
             batch.done.set_exception(exc)

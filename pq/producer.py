@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .config import Config
 
 logger = logging.getLogger("pq.producer")
+EventItem = tuple[str, bytes, "float | None", str]
+"""A task event to write: task id, encoded task (its record), record TTL (None: kept), event."""
 
 NODE_ENV = "PQ_NODE_NAME"
 # A waiter re-reads the task record this often, in case an event was lost.
@@ -69,7 +71,7 @@ class Producer:
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._mirrored: OrderedDict[str, None] = OrderedDict()  # ids whose events update records here
         self._sweeper: asyncio.Future | None = None
-        self._events: Batcher[tuple[str, bytes, float | None, str]]
+        self._events: Batcher[tuple[EventItem, Task | None]] = Batcher(self._write_events)
         self._queued: Batcher[tuple[Task, bytes]] = Batcher(self._write_queued, QUEUE_BATCH)
         from .taskapi import TasksApi
 
@@ -149,12 +151,7 @@ class Producer:
         if broker is not store:
             await broker.connect()
         self.store, self.broker = store, broker
-        if broker is not store and broker.carries_events and store.one_machine:
-            self.bus = broker
-            self._events = Batcher(self._record_then_publish)
-        else:
-            self.bus = store
-            self._events = Batcher(store.task_events)
+        self.bus = broker if broker is not store and broker.carries_events and store.one_machine else store
         await self.manager.start()
 
     def close(self) -> ApiFuture:
@@ -228,51 +225,61 @@ class Producer:
         await self.bus.publish(channel, event, self.codec.encode(data))
 
     def task_event(
-        self, event: str, task: Task, body: bytes | None = None, ttl: float | None = None
+        self, event: str, task: Task, body: bytes | None = None, ttl: float | None = None, delay: float = 0.0
     ) -> Coroutine[Any, Any, bytes]:
         """Record a task's new state, publish its event and tell the Manager; returns the body.
 
-        The task is captured when this is called, not when the result is awaited.
+        The write is asked for when this is called, with the task as it is then, not when
+        the result is awaited; it may wait ``delay`` seconds for other events to share it
+        (pq/batch.py), and never lands after an event asked for later.
         """
         body = body if body is not None else self.encode_task(task)
-        return self._write_events(event, self._snapshot([(task, body)]), ttl, body)
+        entry = ((task.id, body, ttl, event), self._snapshot(task))
+        return self._written(self._events.submit([entry], delay), body)
 
     def task_events(
         self, event: str, tasks: list[tuple[Task, bytes]], ttl: float | None = None
     ) -> Coroutine[Any, Any, bytes | None]:
         """``task_event`` for many tasks; concurrent calls share one store round trip."""
-        return self._write_events(event, self._snapshot(tasks), ttl, None)
+        entries = [((task.id, body, ttl, event), self._snapshot(task)) for task, body in tasks]
+        return self._written(self._events.submit(entries) if entries else None, None)
 
     @property
     def _manager_listens(self) -> bool:
         """Whether the Manager overrides ``store_message`` (else nobody reads the task objects)."""
         return type(self.manager).store_message is not Manager.store_message
 
-    def _snapshot(self, tasks: list[tuple[Task, bytes]]) -> list[tuple[Task, bytes]]:
-        if not self._manager_listens:
-            return tasks
-        return [(task.copy(), body) for task, body in tasks]
+    def _snapshot(self, task: Task) -> Task | None:
+        """The task as it is now, for the Manager; None when nobody reads it."""
+        return task.copy() if self._manager_listens else None
 
-    async def _write_events(
-        self, event: str, tasks: list[tuple[Task, bytes]], ttl: float | None, result: bytes | None,
-        envelopes: list[Envelope] | None = None,
-    ) -> bytes | None:
-        items = [(task.id, body, ttl, event) for task, body in tasks]
-        if envelopes:  # already coalesced by the queueing batcher: one call, records first
-            assert self.store is not None
-            await self.store.task_events(items, envelopes)
-        else:
-            await self._events.add(items)
-        if self._manager_listens:
-            await asyncio.gather(*(self.manager.store_message(task) for task, _ in tasks))
+    @staticmethod
+    async def _written(written: "asyncio.Future[None] | None", result: bytes | None) -> bytes | None:
+        if written is not None:
+            await asyncio.shield(written)
         return result
 
-    async def _record_then_publish(self, items: list[tuple[str, bytes, float | None, str]]) -> None:
-        """Records in this machine's own store, then their events, in order, on the broker
-        that reaches every machine (``bus``)."""
+    async def _write_events(self, entries: list[tuple[EventItem, Task | None]]) -> None:
+        """One batch of task events: records and events written (by the store, or records here
+        and events on the broker that reaches every machine), then the Manager told, in order."""
         assert self.store is not None
-        await asyncio.gather(*(self.store.set_task(task_id, body, ttl) for task_id, body, ttl, _ in items))
-        await self.bus.publish_events(events.TASK, [(event, body) for _, body, _, event in items])
+        items = [item for item, _ in entries]
+        if self.bus is self.store:
+            await self.store.task_events(items)
+        else:
+            await asyncio.gather(*(self.store.set_task(task_id, body, ttl) for task_id, body, ttl, _ in items))
+            await self.bus.publish_events(events.TASK, [(event, body) for _, body, _, event in items])
+        await self._tell_manager([task for _, task in entries])
+
+    async def _tell_manager(self, tasks: list[Task | None]) -> None:
+        """``Manager.store_message`` for each new state, in order; a hook that fails is logged,
+        not the write's failure."""
+        for task in tasks:
+            if task is not None:
+                try:
+                    await self.manager.store_message(task)
+                except Exception:
+                    logger.exception("Manager.store_message failed for %r", task)
 
     async def enqueue_tasks(self, tasks: list[tuple[Task, bytes]]) -> None:
         """Put new tasks on their queues, record them and publish ``queued``; bursts share round trips."""
@@ -298,8 +305,10 @@ class Producer:
         both, it does the two in one round trip."""
         assert self.broker is not None
         envelopes = [Envelope(task.id, task.queue, body, task.eta) for task, body in tasks]
-        if self.broker is self.store:
-            await self._write_events(events.QUEUED, self._snapshot(tasks), None, None, envelopes)
+        if self.broker is self.store:  # records, events and messages in one call, records first
+            snapshots = [self._snapshot(task) for task, _ in tasks]
+            await self.store.task_events([(task.id, body, None, events.QUEUED) for task, body in tasks], envelopes)
+            await self._tell_manager(snapshots)
         else:
             if self.bus is not self.store:
                 await self._mirror_results(tasks)

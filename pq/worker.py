@@ -30,6 +30,7 @@ logger = logging.getLogger("pq.worker")
 STATUS_INTERVAL = 2.0  # seconds between status events on the consumer channel
 SLOT_WAIT = (0.05, 0.25)  # requeue delay range of a task waiting for a max_concurrency slot
 REFILL_WAIT = 0.005  # with a backlog, how long to wait for half the slots before fetching
+STARTED_DELAY = 0.1  # how long a started event may wait to share its write with others (or the outcome's)
 
 
 def retry_delay(base: float, backoff: float, retries: int, cap: float) -> float:
@@ -232,12 +233,15 @@ class Worker:
         task.status, task.time_started, task.time_ended = STARTED, time.time(), None
         task.worker, task.attempts = self.name, task.attempts + delivery.deliveries
         task.result = task.exception = task.stacktrace = None
-        started = asyncio.ensure_future(api.task_event(events.STARTED, task, api.encode_task(task)))
+        # Written with the outcome when the job ends within STARTED_DELAY; never after it.
+        started = asyncio.ensure_future(
+            self._safely(api.task_event(events.STARTED, task, api.encode_task(task), delay=STARTED_DELAY))
+        )
         try:
             await run_task(api, job, task)
+            await self._finish(delivery, task, job)
         finally:
-            await started  # the STARTED record must land before the outcome's
-        await self._finish(delivery, task, job)
+            await started
 
     async def _finish(self, delivery: Delivery, task: Task, job: Any) -> None:
         api, broker = self.api, self.api.broker

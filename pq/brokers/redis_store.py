@@ -59,21 +59,22 @@ class RedisDataStore(DataStore):
                     raise reply
 
     def _event_commands(self, items: Sequence[tuple[str, bytes, float | None, str]]) -> list[tuple[Any, ...]]:
-        """The records (those kept for good in one MSET: a reply to parse, not one each),
-        then their events in one PUBLISH: subscribers get them in order."""
-        kept = {task_id: body for task_id, body, ttl, _ in items if ttl is None}
-        expiring = [(task_id, body, ttl) for task_id, body, ttl, _ in items if ttl is not None]
+        """The records, then their events in one PUBLISH: subscribers get them in order.
+        A task written twice here (``started`` then ``done``) gets its last record only,
+        the one that would stand a moment later anyway; those kept for good go in one MSET."""
+        last = {task_id: (body, ttl) for task_id, body, ttl, _ in items}
+        kept = [(task_id, body) for task_id, (body, ttl) in last.items() if ttl is None]
         commands: list[tuple[Any, ...]] = []
-        if len(kept) > 1 and not any(task_id in kept for task_id, _, _ in expiring):
+        if len(kept) > 1:
             mset: list[Any] = ["MSET"]
-            for task_id, body in kept.items():
+            for task_id, body in kept:
                 mset += (self._key("task", task_id), body)
             commands.append(tuple(mset))
-        else:  # one record, or a task written twice with and without a TTL: in their order
-            expiring = [(task_id, body, ttl) for task_id, body, ttl, _ in items]
-        for task_id, body, ttl in expiring:
-            key = self._key("task", task_id)
-            commands.append(("SET", key, body) if ttl is None else ("SET", key, body, "PX", ms(ttl)))
+        elif kept:
+            commands.append(("SET", self._key("task", kept[0][0]), kept[0][1]))
+        for task_id, (body, ttl) in last.items():
+            if ttl is not None:
+                commands.append(("SET", self._key("task", task_id), body, "PX", ms(ttl)))
         events = batch_frame("task", [(event, body) for _, body, _, event in items])
         commands.append(("PUBLISH", self.channel + "task", events))
         return commands
