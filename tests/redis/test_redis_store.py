@@ -118,3 +118,15 @@ async def test_records_locks_and_counters_use_plain_keys(store):
     assert 0 < await store.redis.pttl(store.prefix + "task:t1") <= 60000
     assert await store.redis.get(store.prefix + "lock:scheduler") == b"me"
     assert await store.redis.hget(store.prefix + "counters", "tasks.done") == b"2"
+
+
+async def test_a_task_written_twice_in_one_call_gets_its_last_record_and_both_events(store):
+    seen = []
+    await store.subscribe(lambda *event: seen.append(event), ["task"])
+    await store.task_events([("t1", b"started", None, "started"), ("t2", b"queued", None, "queued"),
+                             ("t1", b"done", 60.0, "done")])
+    await wait_for(lambda: len(seen) == 3, timeout=5)
+    assert [event for _, event, _ in seen] == ["started", "queued", "done"]
+    assert await store.get_tasks(["t1", "t2"]) == [b"done", b"queued"]
+    assert 0 < await store.redis.pttl(store.prefix + "task:t1") <= 60000
+    assert await store.redis.pttl(store.prefix + "task:t2") == -1

@@ -72,3 +72,23 @@ async def test_a_separate_redis_data_store_is_still_asked_for_revocations(redis_
         await worker.stop(2)
         await api.store.drop()
         await api.close()
+
+
+async def test_a_short_task_s_started_and_done_share_one_write(api: Any) -> None:
+    raw = api.store.redis.pubsub()
+    await raw.subscribe(api.store.channel + "task")
+    assert (await raw.get_message(timeout=5))["type"] == "subscribe"
+    worker = Worker(api, "redis-worker")
+    await worker.start()
+    try:
+        task = await api.tasks.queue("addition", a=2, b=3)
+        assert task.result == 5
+        frames = []
+        while (message := await raw.get_message(ignore_subscribe_messages=True, timeout=1)) is not None:
+            frames.append(message["data"])
+        queued, outcome = frames  # one PUBLISH for queued, one for started and done together
+        assert queued.startswith(b"task\nqueued\n")
+        assert outcome.startswith(b"task\n*\nstarted\n") and b"done\n" in outcome
+    finally:
+        await raw.aclose()
+        await worker.stop(1)
