@@ -317,7 +317,8 @@ class Worker:
             self._ack_flush = asyncio.create_task(self._flush_acks())
 
     async def _flush_acks(self) -> None:
-        await asyncio.sleep(0)
+        """The acks of every task that ended in the loop turn before this one; they leave with
+        whatever else that turn sends (on Redis, the next FETCH) in one write."""
         self._ack_flush = None
         batch, self._to_ack = self._to_ack, []
         if batch:
