@@ -237,6 +237,11 @@ class Producer:
         entry = ((task.id, body, ttl, event), self._snapshot(task))
         return self._written(self._events.submit([entry], delay), body)
 
+    def submit_task_event(self, event: str, task: Task, body: bytes, delay: float = 0.0) -> "asyncio.Future[None]":
+        """``task_event`` for a caller that needs no result: the future of the write itself,
+        without a coroutine (a worker asks for one ``started`` per task)."""
+        return self._events.submit([((task.id, body, None, event), self._snapshot(task))], delay)
+
     def task_events(
         self, event: str, tasks: list[tuple[Task, bytes]], ttl: float | None = None
     ) -> Coroutine[Any, Any, bytes | None]:

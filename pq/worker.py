@@ -234,14 +234,15 @@ class Worker:
         task.worker, task.attempts = self.name, task.attempts + delivery.deliveries
         task.result = task.exception = task.stacktrace = None
         # Written with the outcome when the job ends within STARTED_DELAY; never after it.
-        started = asyncio.ensure_future(
-            self._safely(api.task_event(events.STARTED, task, api.encode_task(task), delay=STARTED_DELAY))
-        )
+        started = api.submit_task_event(events.STARTED, task, api.encode_task(task), delay=STARTED_DELAY)
         try:
             await run_task(api, job, task)
             await self._finish(delivery, task, job)
         finally:
-            await started
+            if not started.done():
+                await asyncio.wait({started})
+            if not started.cancelled() and started.exception() is not None:
+                logger.warning("%s could not record that %r started: %s", self.name, task, started.exception())
 
     async def _finish(self, delivery: Delivery, task: Task, job: Any) -> None:
         api, broker = self.api, self.api.broker
