@@ -125,8 +125,9 @@ class TasksApi:
             current = None
             if custom_id:  # claimed for a while only: queueing rewrites the record for good
                 existing = await api.store.add_task(task.id, body, ttl=CLAIM_TTL)
-                claimed = existing is None
-                current = api.decode_task(existing) if existing is not None else None
+                # Our own body back: a call retried after its reply was lost had stored it.
+                claimed = existing is None or existing == body
+                current = api.decode_task(existing) if not claimed else None
             if current is not None and current.status not in READY_STATES:  # the live task of that id
                 current.done_callback = task.done_callback
                 task = current

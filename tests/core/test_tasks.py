@@ -175,6 +175,18 @@ async def test_a_custom_id_whose_queueing_failed_can_be_queued_again(
     assert (task.id, task.status_string, task.result) == ("retried-1", "SUCCESS", 3)
 
 
+async def test_a_custom_id_claim_whose_reply_was_lost_is_still_ours(api: Any, worker: Any, monkeypatch: Any) -> None:
+    add = api.store.add_task
+
+    async def stored_then_retried(task_id: str, body: bytes, ttl: float | None = None) -> bytes | None:
+        await add(task_id, body, ttl)  # the first send stored it; its reply was lost
+        return await add(task_id, body, ttl)  # the store sends it again and finds it there
+
+    monkeypatch.setattr(api.store, "add_task", stored_then_retried)
+    task = await asyncio.wait_for(api.tasks.queue("addition", a=3, b=4, task_id="lost-reply-1"), 5)
+    assert (task.id, task.status_string, task.result) == ("lost-reply-1", "SUCCESS", 7)
+
+
 async def test_a_custom_id_left_claimed_is_free_again_after_the_claim_expires(
     api: Any, worker: Any, monkeypatch: Any
 ) -> None:
