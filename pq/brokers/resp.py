@@ -265,8 +265,8 @@ class RespClient:
             if replies.done() and connection.lost is None:
                 self._idle.append(connection)
             else:
+                replies.cancel()  # first: an abandoned call's error is nobody's to retrieve
                 connection.abort(ConnectionError("blocking call abandoned"))
-                replies.cancel()
                 self._dedicated.discard(connection)
 
     async def _dedicated_connection(self) -> RespConnection:
