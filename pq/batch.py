@@ -41,10 +41,10 @@ class Batcher(Generic[T]):
         self._last: asyncio.Future[None] | None = None  # the write of the latest batch flushed
         self._writing: set[asyncio.Future] = set()  # the loop keeps only weak references to tasks
 
-    async def add(self, items: Sequence[T], delay: float = 0.0) -> None:
-        """Write ``items`` with whatever else is added in this loop iteration (or within ``delay``)."""
+    async def add(self, items: Sequence[T]) -> None:
+        """Write ``items`` with whatever else is added in this loop iteration."""
         if items:
-            await asyncio.shield(self.submit(items, delay))
+            await asyncio.shield(self.submit(items))
 
     def submit(self, items: Sequence[T], delay: float = 0.0) -> "asyncio.Future[None]":
         """``add`` without a coroutine, on the running loop: the future of the write that takes

@@ -225,21 +225,21 @@ class Producer:
         await self.bus.publish(channel, event, self.codec.encode(data))
 
     def task_event(
-        self, event: str, task: Task, body: bytes | None = None, ttl: float | None = None, delay: float = 0.0
+        self, event: str, task: Task, body: bytes | None = None, ttl: float | None = None
     ) -> Coroutine[Any, Any, bytes]:
         """Record a task's new state, publish its event and tell the Manager; returns the body.
 
         The write is asked for when this is called, with the task as it is then, not when
-        the result is awaited; it may wait ``delay`` seconds for other events to share it
-        (pq/batch.py), and never lands after an event asked for later.
+        the result is awaited, and never lands after an event asked for later (pq/batch.py).
         """
         body = body if body is not None else self.encode_task(task)
         entry = ((task.id, body, ttl, event), self._snapshot(task))
-        return self._written(self._events.submit([entry], delay), body)
+        return self._written(self._events.submit([entry]), body)
 
     def submit_task_event(self, event: str, task: Task, body: bytes, delay: float = 0.0) -> "asyncio.Future[None]":
         """``task_event`` for a caller that needs no result: the future of the write itself,
-        without a coroutine (a worker asks for one ``started`` per task)."""
+        without a coroutine (a worker asks for one ``started`` per task).  The write may wait
+        ``delay`` seconds for other events to share it."""
         return self._events.submit([((task.id, body, None, event), self._snapshot(task))], delay)
 
     def task_events(

@@ -46,7 +46,7 @@ async def test_delayed_items_alone_are_written_after_their_delay() -> None:
     batcher = Batcher(write)
     loop = asyncio.get_running_loop()
     began = loop.time()
-    await batcher.add(["started"], delay=0.05)
+    await batcher.submit(["started"], delay=0.05)
     assert loop.time() - began >= 0.04 and write.batches == [["started"]]
 
 
