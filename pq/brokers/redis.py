@@ -73,8 +73,8 @@ class RedisStore(MessageBroker, RedisDataStore):
             **options,
         }
         self.resp = RespClient(url, self._settings, self._outage, self._retries)
-        socket_timeout = self._settings.get("socket_timeout")
-        self._max_block = max(0.05, min(30.0, socket_timeout * 0.8)) if socket_timeout else 30.0
+        socket_timeout = self.resp.timeout
+        self._max_block = max(0.05, min(30.0, float(socket_timeout) * 0.8)) if socket_timeout else 30.0
 
     # connection -----------------------------------------------------------
     @property

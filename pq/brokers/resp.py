@@ -152,7 +152,7 @@ class RespClient:
     """
 
     def __init__(self, url: str, options: dict[str, Any], outage: Outage, retries: int) -> None:
-        settings = {**parse_url(url), **options}
+        settings = {**options, **parse_url(url)}  # the URL's query wins, as in redis-py's from_url
         self.path: str | None = settings.get("path")
         self.host: str = settings.get("host", "localhost")
         self.port = int(settings.get("port", 6379))

@@ -148,3 +148,13 @@ async def test_credentials_database_and_unix_socket(tmp_path):
         assert time.monotonic() - started < 1, "refused credentials are not retried"
     finally:
         server.kill()
+
+
+def test_settings_in_the_url_win_over_the_store_defaults():
+    from pq.brokers.redis import RedisStore
+
+    from_url = RedisStore("redis://127.0.0.1:6379/0?socket_timeout=2")
+    assert from_url.resp.timeout == 2.0 and from_url._max_block == pytest.approx(1.6)
+    from_option = RedisStore("redis://127.0.0.1:6379/0", socket_timeout=3)
+    assert from_option.resp.timeout == 3 and from_option._max_block == pytest.approx(2.4)
+    assert RedisStore("redis://127.0.0.1:6379/0").resp.timeout == 10
