@@ -233,14 +233,15 @@ class Producer:
         the result is awaited, and never lands after an event asked for later (pq/batch.py).
         """
         body = body if body is not None else self.encode_task(task)
-        entry = ((task.id, body, ttl, event), self._snapshot(task))
-        return self._written(self._events.submit([entry]), body)
+        return self._written(self.submit_task_event(event, task, body, ttl), body)
 
-    def submit_task_event(self, event: str, task: Task, body: bytes, delay: float = 0.0) -> "asyncio.Future[None]":
+    def submit_task_event(
+        self, event: str, task: Task, body: bytes, ttl: float | None = None, delay: float = 0.0
+    ) -> "asyncio.Future[None]":
         """``task_event`` for a caller that needs no result: the future of the write itself,
         without a coroutine (a worker asks for one ``started`` per task).  The write may wait
         ``delay`` seconds for other events to share it."""
-        return self._events.submit([((task.id, body, None, event), self._snapshot(task))], delay)
+        return self._events.submit([((task.id, body, ttl, event), self._snapshot(task))], delay)
 
     def task_events(
         self, event: str, tasks: list[tuple[Task, bytes]], ttl: float | None = None

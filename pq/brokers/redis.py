@@ -27,7 +27,7 @@ from . import redis_scripts as lua
 from .base import DeadLetter, Delivery, Envelope, MessageBroker, QueueSize
 from .redis_events import BACKOFF_CAP, BACKOFF_START, UNREACHABLE, EventHub, NotingRetry, Outage
 from .redis_store import RedisDataStore
-from .resp import RespClient
+from .resp import RespClient, checked
 
 logger = logging.getLogger("pq.brokers.redis")
 
@@ -171,11 +171,9 @@ class RedisStore(MessageBroker, RedisDataStore):
         commands += [lua.ENQUEUE.command([self._queues_key], args) for args in calls]
         with self._io("enqueue"):
             replies = await self.resp.exchange(commands)
-            scripts = replies[len(replies) - len(calls):]
+            events, scripts = replies[:-len(calls)], replies[-len(calls):]
             await lua.ENQUEUE.rerun_missing(self.resp, [self._queues_key], calls, scripts)
-            errors = [reply for reply in replies[:len(replies) - len(calls)] + scripts if isinstance(reply, Exception)]
-            if errors:
-                raise errors[0]
+            checked(events + scripts)
 
     async def fetch(
         self, queues: Sequence[str], count: int, timeout: float, lease: float, consumer: str
@@ -327,10 +325,7 @@ class RedisStore(MessageBroker, RedisDataStore):
             commands.append(("LLEN", f"{self.prefix}ready:{queue}"))
             commands += [("ZCARD", f"{self.prefix}{kind}:{queue}") for kind in ("delayed", "leased", "dead")]
         with self._io("sizes"):
-            counts = await self.resp.exchange(commands)
-            for count in counts:
-                if isinstance(count, Exception):
-                    raise count
+            counts = checked(await self.resp.exchange(commands))
         return {queue: QueueSize(*counts[4 * i:4 * i + 4]) for i, queue in enumerate(queues)}
 
     async def recover(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from redis.exceptions import NoScriptError
 
-from .resp import RespClient
+from .resp import RespClient, checked
 
 BATCH = 1000
 """Most messages one script call moves or handles (Lua's ``unpack`` limit is 8000)."""
@@ -43,10 +43,7 @@ class Script:
         """Run the script once per argument list, all in one round trip."""
         results = await client.exchange([self.command(keys, args) for args in calls])
         await self.rerun_missing(client, keys, calls, results)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return results
+        return checked(results)
 
     async def rerun_missing(
         self, client: RespClient, keys: Sequence[Any], calls: Sequence[Sequence[Any]], results: list[Any]

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from .base import DataStore, Envelope, EventHandler, Subscription
 from .redis_events import EventHub, batch_frame, frame
 from .redis_scripts import CLOCK, Script, ms
-from .resp import RespClient
+from .resp import RespClient, checked
 
 
 class RedisDataStore(DataStore):
@@ -32,9 +32,7 @@ class RedisDataStore(DataStore):
 
     async def _command(self, *command: Any) -> Any:
         """One command's reply; an error reply raised."""
-        (reply,) = await self.resp.exchange([command])
-        if isinstance(reply, Exception):
-            raise reply
+        (reply,) = checked(await self.resp.exchange([command]))
         return reply
 
     # events ---------------------------------------------------------------
@@ -54,9 +52,7 @@ class RedisDataStore(DataStore):
         if not items:
             return
         with self._io("task_events"):
-            for reply in await self.resp.exchange(self._event_commands(items)):
-                if isinstance(reply, Exception):
-                    raise reply
+            checked(await self.resp.exchange(self._event_commands(items)))
 
     def _event_commands(self, items: Sequence[tuple[str, bytes, float | None, str]]) -> list[tuple[Any, ...]]:
         """The records, then their events in one PUBLISH: subscribers get them in order.

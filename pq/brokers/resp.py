@@ -30,6 +30,14 @@ LOST = (ConnectionError, TimeoutError, OSError)
 """What a lost or unreachable server raises; anything else is the server's answer."""
 
 
+def checked(replies: list[Any]) -> list[Any]:
+    """``replies`` when none is an error reply; else the first error, raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def pack(commands: Sequence[Command]) -> bytes:
     """``commands`` in the RESP2 request format, ready for one write."""
     parts = []
