@@ -17,6 +17,16 @@ def client(url: str, retries: int = 0, **options) -> RespClient:
     return RespClient(url, {"socket_timeout": 5, "socket_connect_timeout": 2, **options}, Outage(url), retries)
 
 
+@pytest.fixture
+async def resp(redis_url):
+    """A client of the shared server; its test's ``key`` is deleted after."""
+    resp = client(redis_url)
+    resp.key = f"pqtest-resp-{time.monotonic_ns()}"
+    yield resp
+    await resp.exchange([("DEL", resp.key)])
+    resp.close()
+
+
 def test_pack_is_the_resp_request_format():
     assert pack([("SET", b"k", 1), ("GET", "k")]) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
     assert pack([("X", 0.5)]) == b"*2\r\n$1\r\nX\r\n$3\r\n0.5\r\n"
@@ -28,66 +38,46 @@ def test_pack_refuses_what_redis_cannot_take(bad):
         pack([("SET", "k", bad)])
 
 
-async def test_commands_of_one_loop_turn_share_one_write_and_get_their_own_replies(redis_url):
-    resp = client(redis_url)
-    key = f"pqtest-resp-{time.monotonic_ns()}"
-    try:
-        writes = []
-        connection = await resp._shared_connection()
-        transport_write = connection._transport.write
-        connection._transport.write = lambda data: (writes.append(data), transport_write(data))
-        replies = await asyncio.gather(*(resp.exchange([("INCR", key), ("GET", key)]) for _ in range(20)))
-        assert replies == [[i, b"%d" % i] for i in range(1, 21)]
-        assert len(writes) == 1
-    finally:
-        await resp.exchange([("DEL", key)])
-        resp.close()
+async def test_commands_of_one_loop_turn_share_one_write_and_get_their_own_replies(resp):
+    writes = []
+    connection = await resp._shared_connection()
+    transport_write = connection._transport.write
+    connection._transport.write = lambda data: (writes.append(data), transport_write(data))
+    replies = await asyncio.gather(*(resp.exchange([("INCR", resp.key), ("GET", resp.key)]) for _ in range(20)))
+    assert replies == [[i, b"%d" % i] for i in range(1, 21)]
+    assert len(writes) == 1
 
 
-async def test_error_replies_are_values_and_lost_scripts_are_noscript(redis_url):
-    resp = client(redis_url)
-    try:
-        wrong, ok, missing = await resp.exchange([("NOSUCHCOMMAND",), ("PING",), ("EVALSHA", "0" * 40, 0)])
-        assert isinstance(wrong, ResponseError) and "unknown command" in str(wrong)
-        assert ok == b"PONG"
-        assert isinstance(missing, NoScriptError)
-    finally:
-        resp.close()
+async def test_error_replies_are_values_and_lost_scripts_are_noscript(resp):
+    wrong, ok, missing = await resp.exchange([("NOSUCHCOMMAND",), ("PING",), ("EVALSHA", "0" * 40, 0)])
+    assert isinstance(wrong, ResponseError) and "unknown command" in str(wrong)
+    assert ok == b"PONG"
+    assert isinstance(missing, NoScriptError)
 
 
-async def test_a_block_is_ended_after_its_time_and_the_next_command_still_runs(redis_url):
-    resp = client(redis_url)
-    key = f"pqtest-resp-{time.monotonic_ns()}"
-    try:
-        started = time.monotonic()
-        popped, pong = await resp.blocking([("BLPOP", key, 5), ("PING",)], 0.05)
-        assert (popped, pong) == (None, b"PONG")
-        assert time.monotonic() - started < 1, "CLIENT UNBLOCK ends the block, not the server's 5 s"
-        reused = resp._idle[0]
-        waiting = asyncio.ensure_future(resp.blocking([("BLPOP", key, 5), ("ECHO", "after")], 5))
-        await asyncio.sleep(0.05)
-        await resp.exchange([("RPUSH", key, "x")])
-        assert await waiting == [[key.encode(), b"x"], b"after"]
-        assert resp._idle == [reused], "a dedicated connection serves one block after another"
-    finally:
-        resp.close()
+async def test_a_block_is_ended_after_its_time_and_the_next_command_still_runs(resp):
+    started = time.monotonic()
+    popped, pong = await resp.blocking([("BLPOP", resp.key, 5), ("PING",)], 0.05)
+    assert (popped, pong) == (None, b"PONG")
+    assert time.monotonic() - started < 1, "CLIENT UNBLOCK ends the block, not the server's 5 s"
+    reused = resp._idle[0]
+    waiting = asyncio.ensure_future(resp.blocking([("BLPOP", resp.key, 5), ("ECHO", "after")], 5))
+    await asyncio.sleep(0.05)
+    await resp.exchange([("RPUSH", resp.key, "x")])
+    assert await waiting == [[resp.key.encode(), b"x"], b"after"]
+    assert resp._idle == [reused], "a dedicated connection serves one block after another"
 
 
-async def test_a_cancelled_block_drops_its_connection(redis_url):
-    resp = client(redis_url)
-    key = f"pqtest-resp-{time.monotonic_ns()}"
-    try:
-        waiting = asyncio.ensure_future(resp.blocking([("BLPOP", key, 5)], 5))
-        await asyncio.sleep(0.05)
-        (connection,) = resp._dedicated
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert connection.lost is not None and not resp._idle and not resp._dedicated
-        await resp.exchange([("RPUSH", key, "x")])
-        assert await resp.exchange([("LPOP", key)]) == [b"x"], "the dropped BLPOP took nothing"
-    finally:
-        resp.close()
+async def test_a_cancelled_block_drops_its_connection(resp):
+    waiting = asyncio.ensure_future(resp.blocking([("BLPOP", resp.key, 5)], 5))
+    await asyncio.sleep(0.05)
+    (connection,) = resp._dedicated
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert connection.lost is not None and not resp._idle and not resp._dedicated
+    await resp.exchange([("RPUSH", resp.key, "x")])
+    assert await resp.exchange([("LPOP", resp.key)]) == [b"x"], "the dropped BLPOP took nothing"
 
 
 async def test_a_restarted_server_is_reconnected_and_the_call_sent_again(tmp_path):
