@@ -23,14 +23,18 @@ def ids(deliveries: Sequence[Delivery]) -> list[str]:
     return [d.id for d in deliveries]
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> float:
-    """Poll ``predicate`` until true (for expiry), failing after ``timeout``; seconds waited."""
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 3.0, since: float | None = None
+) -> float:
+    """Poll ``predicate`` until true (for expiry), failing after ``timeout``; seconds since
+    ``since`` (a ``time.monotonic()`` taken before the write whose expiry is awaited: the
+    write's own round trip may be slow), or since the call."""
     start = time.monotonic()
     while not await predicate():
         if time.monotonic() - start > timeout:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.02)
-    return time.monotonic() - start
+    return time.monotonic() - (start if since is None else since)
 
 
 class Recorder:

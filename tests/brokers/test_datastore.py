@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from pq.brokers import DataStore
 
@@ -30,12 +31,13 @@ async def test_add_task_only_when_absent(store: DataStore, other_store: DataStor
 
 
 async def test_task_record_ttl(store: DataStore) -> None:
+    written = time.monotonic()
     await store.set_task("short", b"x", ttl=TTL)
     await store.set_task("kept", b"y", ttl=TTL)
     await store.set_task("kept", b"y")
     await store.add_task("added", b"z", ttl=TTL)
     assert await store.get_tasks(["short", "kept", "added"]) == [b"x", b"y", b"z"]
-    waited = await wait_until(lambda: _gone(store, "short"))
+    waited = await wait_until(lambda: _gone(store, "short"), since=written)
     assert waited >= TTL - 0.1
     await wait_until(lambda: _gone(store, "added"))
     assert await store.get_tasks(["short", "kept", "added"]) == [None, b"y", None]
@@ -52,6 +54,7 @@ async def _gone(store: DataStore, task_id: str) -> bool:
 async def test_revocations(store: DataStore, other_store: DataStore) -> None:
     assert await store.revoked(["a", "b"]) == set()
     await store.revoke("a", ttl=60)
+    written = time.monotonic()
     await store.revoke("b", ttl=TTL)
     assert await other_store.revoked(["a", "b", "c"]) == {"a", "b"}
     assert await store.revoked([]) == set()
@@ -59,7 +62,7 @@ async def test_revocations(store: DataStore, other_store: DataStore) -> None:
     async def b_expired() -> bool:
         return await store.revoked(["a", "b"]) == {"a"}
 
-    assert await wait_until(b_expired) >= TTL - 0.1
+    assert await wait_until(b_expired, since=written) >= TTL - 0.1
 
 
 async def test_slots_respect_the_limit(store: DataStore, other_store: DataStore) -> None:
@@ -79,13 +82,14 @@ async def test_slots_respect_the_limit(store: DataStore, other_store: DataStore)
 
 
 async def test_expired_slot_is_freed(store: DataStore) -> None:
+    written = time.monotonic()
     assert await store.acquire_slot("job", 1, "dead-holder", TTL)
     assert not await store.acquire_slot("job", 1, "h2", 5)
 
     async def freed() -> bool:
         return await store.slot_count("job") == 0
 
-    assert await wait_until(freed) >= TTL - 0.1
+    assert await wait_until(freed, since=written) >= TTL - 0.1
     assert await store.acquire_slot("job", 1, "h2", 5)
     assert not await store.acquire_slot("job", 1, "dead-holder", TTL)
 
@@ -117,12 +121,13 @@ async def test_locks_are_exclusive(store: DataStore, other_store: DataStore) -> 
 
 
 async def test_lock_expires(store: DataStore) -> None:
+    written = time.monotonic()
     assert await store.acquire_lock("l", "a", TTL)
 
     async def free() -> bool:
         return await store.lock_holder("l") is None
 
-    assert await wait_until(free) >= TTL - 0.1
+    assert await wait_until(free, since=written) >= TTL - 0.1
     assert not await store.release_lock("l", "a"), "an expired lock is no longer held"
     assert await store.acquire_lock("l", "b", 5)
     assert await store.lock_holder("l") == "b"
