@@ -106,6 +106,7 @@ def main() -> None:
                         help="redis://; sqlite:// (no-op jobs); amqp:// broker with a redis:// data store")
     parser.add_argument("--py-spy", action="store_true")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--native", action="store_true", help="py-spy also samples C frames (uvloop, hiredis)")
     args = parser.parse_args()
     redis = RedisServer().start()
     token = f"pqbench{uuid.uuid4().hex[:6]}"
@@ -141,7 +142,8 @@ def main() -> None:
         raw = Path(f"/tmp/pq-pyspy-{token}.txt")
         if args.py_spy and consumers:
             spy = subprocess.Popen([str(PEERS_BIN / "py-spy"), "record", "-p", str(consumers[0].pid), "-r",
-                                    str(args.rate), "-f", "raw", "-o", str(raw), "--nonblocking"],
+                                    str(args.rate), "-f", "raw", "-o", str(raw),
+                                    *(["--native"] if args.native else ["--nonblocking"])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
         before, cpu_before = commandstats(client), cpu(everyone)

@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import msgpack
+import msgspec
 
 from .exceptions import ImproperlyConfigured, MessageError, SerializationError
 
@@ -30,14 +31,54 @@ class Codec:
         raise NotImplementedError
 
 
-# One encoder for every message: json.dumps with options builds a new one per call.
+# One stdlib encoder and decoder for every message (json.dumps and json.loads with options
+# build new ones per call): the strict path, and the judge of what msgspec's fast path refuses.
 _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_FAST_ENCODE = msgspec.json.Encoder().encode
+_FAST_DECODE = msgspec.json.Decoder().decode
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is made only of what JSON holds as it is: str, int, finite float,
+    bool, None, lists, tuples and str-keyed dicts.  msgspec would also write datetimes,
+    sets, bytes, UUIDs... (and NaN as null) where the stdlib refuses them: those go the strict way."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return _isfinite(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:
+            if not _plain(item):
+                return False
+        return True
+    return False
+
+
+_isfinite = math.isfinite
 
 
 class JsonCodec(Codec):
+    """JSON as the stdlib writes and reads it, at msgspec's speed (a codec runs twice per task).
+
+    Data made of JSON's own types goes through msgspec; anything else (int dict keys,
+    subclasses, what no JSON holds) through the stdlib, which converts or refuses it as
+    ``json`` does.  Decoding is strict: no NaN or infinities, integers of any size.
+    """
+
     name = "json"
 
     def encode(self, data: dict[str, Any]) -> bytes:
+        try:
+            if _plain(data):
+                return _FAST_ENCODE(data)
+        except (RecursionError, UnicodeEncodeError):
+            pass  # a circular or very deep value, lone surrogates: the stdlib escapes them or says why
         try:
             return _JSON_ENCODER.encode(data).encode()
         except (TypeError, ValueError) as exc:
@@ -48,7 +89,11 @@ class JsonCodec(Codec):
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         """Refuses NaN and infinities, as ``encode`` does: a message must re-encode once decoded."""
-        return _JSON_DECODER.decode(payload.decode() if isinstance(payload, (bytes, bytearray)) else payload)
+        try:
+            return _FAST_DECODE(payload)
+        except (msgspec.DecodeError, TypeError):  # lone surrogates, text: the stdlib decides, and says why
+            text = payload.decode() if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+            return _JSON_DECODER.decode(text)
 
 
 def _not_a_number(name: str) -> float:
@@ -62,7 +107,6 @@ def _finite(text: str) -> float:
     return value
 
 
-# One decoder too: json.loads with options builds a new one (and its scanner) per call.
 _JSON_DECODER = json.JSONDecoder(parse_constant=_not_a_number, parse_float=_finite)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 from typing import Any
 
@@ -148,3 +149,55 @@ def test_messages_fuzzing_found_are_refused() -> None:
             Task.from_dict(codec.decode(json.dumps(data).encode()))
     with pytest.raises(PQError):
         codec.decode(b"[" * 100_000)  # too deep: a decoding error like any other
+
+
+texts = st.text(st.characters(blacklist_categories=()), max_size=8)  # lone surrogates included
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(texts | st.integers(-3, 3) | st.booleans(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def outcome(call: Any) -> tuple[str, Any]:
+    try:
+        return "ok", call()
+    except (PQError, TypeError, ValueError) as exc:
+        return "error", type(exc).__name__ if not isinstance(exc, PQError) else "refused"
+
+
+@given(data=any_json)
+def test_the_json_codec_writes_and_reads_what_the_stdlib_does(data: Any) -> None:
+    """msgspec's fast path and the stdlib agree: same value back, same refusals (NaN, infinities)."""
+    codec = JsonCodec()
+    ours = outcome(lambda: json.loads(codec.encode({"v": data})))
+    theirs = outcome(lambda: json.loads(json.dumps({"v": data}, allow_nan=False)))
+    assert (ours[0], repr(ours[1])) == (theirs[0], repr(theirs[1])) or (ours[0], theirs[0]) == ("error", "error")
+    payload = json.dumps({"v": data}).encode()  # NaN and Infinity written, as a hostile producer may
+    strict = json.JSONDecoder(parse_constant=lambda name: float("x"))
+    read, expected = outcome(lambda: codec.decode(payload)), outcome(lambda: strict.decode(payload.decode()))
+    if expected[0] == "ok" and any(not math.isfinite(x) for x in floats(expected[1])):
+        expected = ("error", None)  # 1e400: a float out of range, refused as NaN is
+    assert read[0] == expected[0] and (read[0] == "error" or repr(read[1]) == repr(expected[1]))
+
+
+def floats(value: Any) -> list[float]:
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, dict):
+        return [x for item in value.values() for x in floats(item)]
+    if isinstance(value, list):
+        return [x for item in value for x in floats(item)]
+    return []
+
+
+def test_the_json_codec_refuses_what_json_cannot_hold() -> None:
+    codec = JsonCodec()
+    loop: list[Any] = []
+    loop.append(loop)
+    for bad in (object(), {1, 2}, b"bytes", float("nan"), float("inf"), loop):
+        with pytest.raises(PQError, match="cannot encode as JSON"):
+            codec.encode({"v": bad})
+    assert json.loads(codec.encode({"v": {1: "a", None: 2}})) == {"v": {"1": "a", "null": 2}}
+    assert codec.decode(codec.encode({"v": 2**100})) == {"v": 2**100}
