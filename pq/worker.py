@@ -9,6 +9,7 @@ reason; nothing a message holds can stop the worker.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -62,6 +63,7 @@ class Worker:
         self._loops: list[asyncio.Task] = []
         self._to_ack: list[Delivery] = []
         self._ack_flush: asyncio.Task | None = None
+        self._recording: set[asyncio.Future] = set()  # outcome writes whose acks wait, and requeues of failed ones
         self._taken = 0
         self._backlog = False  # the last fetch filled every free slot: more is likely waiting
         self.throughput = Throughput()  # finished tasks, flushed to the store's stats counters
@@ -96,6 +98,8 @@ class Worker:
         for loop in others:
             loop.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        while self._recording:  # outcomes still being written: their acks (or requeues) follow
+            await asyncio.wait(set(self._recording))
         await self._flush_acks()
         await self.throughput.flush(self.api.store)  # type: ignore[arg-type]
         self.api.remove_event_callback(events.CONTROL, "revoke", self._on_revoke)
@@ -235,14 +239,18 @@ class Worker:
         task.result = task.exception = task.stacktrace = None
         # Written with the outcome when the job ends within STARTED_DELAY; never after it.
         started = api.submit_task_event(events.STARTED, task, api.encode_task(task), delay=STARTED_DELAY)
+        started.add_done_callback(functools.partial(self._started_written, task))
         try:
             await run_task(api, job, task)
-            await self._finish(delivery, task, job)
-        finally:
-            if not started.done():
+        except BaseException:
+            if not started.done():  # its record lands before whatever comes of this
                 await asyncio.wait({started})
-            if not started.cancelled() and started.exception() is not None:
-                logger.warning("%s could not record that %r started: %s", self.name, task, started.exception())
+            raise
+        await self._finish(delivery, task, job)
+
+    def _started_written(self, task: Task, written: "asyncio.Future[None]") -> None:
+        if not written.cancelled() and written.exception() is not None:
+            logger.warning("%s could not record that %r started: %s", self.name, task, written.exception())
 
     async def _finish(self, delivery: Delivery, task: Task, job: Any) -> None:
         api, broker = self.api, self.api.broker
@@ -265,11 +273,13 @@ class Worker:
             task.status, task.result = FAILURE, None
             task.exception = f"SerializationError: the result cannot be stored: {exc}"
             body = api.encode_task(task)
-        await api.task_event(events.DONE, task, body, ttl=self.cfg.result_ttl or None)
+        written = api.submit_task_event(events.DONE, task, body, ttl=self.cfg.result_ttl or None)
         self.throughput.record(delivery.queue, task.status_string.lower())
         if task.status != FAILURE or job.ack_policy == "ack_always":
-            self._ack(delivery)
-        elif job.ack_policy == "reject_requeue":
+            self._ack_when_written(delivery, written)
+            return
+        await asyncio.shield(written)
+        if job.ack_policy == "reject_requeue":
             delay = retry_delay(task.meta.get("retry_delay", job.retry_delay), 1.0, 1, job.max_retry_delay)
             await broker.requeue(delivery, None, delay)
         else:
@@ -312,6 +322,28 @@ class Worker:
             entry[2].cancel()
 
     # acknowledgements --------------------------------------------------------------------------
+    def _ack_when_written(self, delivery: Delivery, written: "asyncio.Future[None]") -> None:
+        """Ack once the outcome is recorded, never before (a crash in between runs the task
+        again); the task's slot is free meanwhile.  An outcome that cannot be recorded sends
+        the task back to its queue."""
+        if written.done():
+            self._recorded(delivery, written)
+            return
+        if written not in self._recording:
+            self._recording.add(written)
+            written.add_done_callback(self._recording.discard)
+        written.add_done_callback(functools.partial(self._recorded, delivery))
+
+    def _recorded(self, delivery: Delivery, written: "asyncio.Future[None]") -> None:
+        error = "the write was cancelled" if written.cancelled() else written.exception()
+        if error is None:
+            self._ack(delivery)
+            return
+        logger.warning("%s cannot record the outcome of %s (%s); returning it to its queue", self.name, delivery.id, error)
+        requeue = asyncio.ensure_future(self._safely(self.api.broker.requeue(delivery, delay=1.0)))  # type: ignore[union-attr]
+        self._recording.add(requeue)
+        requeue.add_done_callback(self._recording.discard)
+
     def _ack(self, delivery: Delivery) -> None:
         self._to_ack.append(delivery)
         if self._ack_flush is None:

@@ -187,6 +187,32 @@ async def test_a_custom_id_claim_whose_reply_was_lost_is_still_ours(api: Any, wo
     assert (task.id, task.status_string, task.result) == ("lost-reply-1", "SUCCESS", 7)
 
 
+async def test_a_task_whose_outcome_cannot_be_recorded_is_not_acked_and_runs_again(
+    api: Any, worker: Any, monkeypatch: Any
+) -> None:
+    """The worker frees the slot before the done record is written, but acks only after."""
+    write, ack = api.store.task_events, api.broker.ack
+    acked: list[str] = []
+    failed: list[str] = []
+
+    async def failing_first_done(items: Any, envelopes: Any = ()) -> None:
+        done = [item[0] for item in items if item[3] == "done"]
+        if done and not failed:
+            failed.extend(done)
+            raise BrokerError("the store went away")
+        await write(items, envelopes)
+
+    async def recording_ack(deliveries: Any) -> None:
+        acked.extend(d.id for d in deliveries)
+        await ack(deliveries)
+
+    monkeypatch.setattr(api.store, "task_events", failing_first_done)
+    monkeypatch.setattr(api.broker, "ack", recording_ack)
+    task = await asyncio.wait_for(api.tasks.queue("addition", a=5, b=6), 10)
+    assert (task.status_string, task.result) == ("SUCCESS", 11)  # from the second run: writes are not retried
+    assert failed == [task.id] and acked == [task.id]  # acked once: after the second run's record
+
+
 async def test_a_custom_id_left_claimed_is_free_again_after_the_claim_expires(
     api: Any, worker: Any, monkeypatch: Any
 ) -> None:
