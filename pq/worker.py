@@ -63,6 +63,7 @@ class Worker:
         self._loops: list[asyncio.Task] = []
         self._to_ack: list[Delivery] = []
         self._ack_flush: asyncio.Task | None = None
+        self._unacked = 0  # finished tasks still holding their slot until acked (unacked_take_slots)
         self._recording: set[asyncio.Future] = set()  # outcome writes whose acks wait, and requeues of failed ones
         self._taken = 0
         self._backlog = False  # the last fetch filled every free slot: more is likely waiting
@@ -119,7 +120,7 @@ class Worker:
         assert broker is not None
         pause = 0.0
         while not self._stopping:
-            free = self.concurrent_tasks - len(self._inflight)
+            free = self._free()
             if cfg.max_requests:
                 free = min(free, cfg.max_requests - self._taken)
                 if free <= 0 and not self._inflight and self._taken >= cfg.max_requests:
@@ -151,6 +152,9 @@ class Worker:
             self._backlog = len(deliveries) == free
             if deliveries:
                 await self._start_batch(deliveries)
+
+    def _free(self) -> int:
+        return self.concurrent_tasks - len(self._inflight) - self._unacked
 
     async def _start_batch(self, deliveries: list[Delivery]) -> None:
         broker, store = self.api.broker, self.api.store
@@ -207,7 +211,7 @@ class Worker:
             slot = self._slots.pop(delivery.id, None)
             if slot is not None:
                 await self._safely(self.api.store.release_slot(slot, delivery.id))  # type: ignore[union-attr]
-            if self.concurrent_tasks - len(self._inflight) >= self._wake_at:
+            if self._free() >= self._wake_at:
                 self._slot_free.set()
 
     async def _process(self, delivery: Delivery) -> None:
@@ -332,7 +336,18 @@ class Worker:
         if written not in self._recording:
             self._recording.add(written)
             written.add_done_callback(self._recording.discard)
-        written.add_done_callback(functools.partial(self._recorded, delivery))
+        if self.api.broker.unacked_take_slots:  # type: ignore[union-attr]
+            self._unacked += 1
+            written.add_done_callback(functools.partial(self._recorded_holding, delivery))
+        else:
+            written.add_done_callback(functools.partial(self._recorded, delivery))
+
+    def _recorded_holding(self, delivery: Delivery, written: "asyncio.Future[None]") -> None:
+        """``_recorded`` for a task whose slot was held until now (``unacked_take_slots``)."""
+        self._unacked -= 1
+        self._recorded(delivery, written)
+        if self._free() >= self._wake_at:
+            self._slot_free.set()
 
     def _recorded(self, delivery: Delivery, written: "asyncio.Future[None]") -> None:
         error = "the write was cancelled" if written.cancelled() else written.exception()

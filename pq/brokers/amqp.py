@@ -98,6 +98,7 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
 
     scheme = "amqp"
     carries_events = True
+    unacked_take_slots = True  # the channel's prefetch counts deliveries until acked
 
     def __init__(self, url: str, namespace: str = "pq", **options: Any) -> None:
         super().__init__(url, namespace, **options)

@@ -142,6 +142,11 @@ class MessageBroker(Connection):
     object's data store: a consumer whose data store is this object then skips its own
     ``revoked`` round trip per batch.  False (the safe default) for brokers that do not."""
 
+    unacked_take_slots: bool = False
+    """True when a delivery not yet acked still counts against what the broker hands this
+    consumer (RabbitMQ's prefetch): the worker then counts a finished task as running until
+    its ack, instead of fetching into slots the broker will not fill before then."""
+
     carries_events: bool = False
     """True when it also has ``publish``, ``publish_events`` (many of one channel, in order)
     and ``subscribe`` reaching every machine that uses it (RabbitMQ's topic exchange): with a ``one_machine`` data store, events go that way,

@@ -213,6 +213,46 @@ async def test_a_task_whose_outcome_cannot_be_recorded_is_not_acked_and_runs_aga
     assert failed == [task.id] and acked == [task.id]  # acked once: after the second run's record
 
 
+@pytest.mark.parametrize("unacked_take_slots", [False, True])
+async def test_a_slot_frees_when_the_task_ends_or_when_its_ack_goes(
+    api: Any, monkeypatch: Any, unacked_take_slots: bool
+) -> None:
+    """One slot; the first task's done record is held back.  The second task starts at once,
+    unless the broker counts unacked deliveries against the consumer (RabbitMQ's prefetch)."""
+    write, gate, held = api.store.task_events, asyncio.Event(), asyncio.Event()
+
+    async def holding_done(items: Any, envelopes: Any = ()) -> None:
+        if any(item[3] == "done" for item in items) and not gate.is_set():
+            held.set()
+            await gate.wait()
+        await write(items, envelopes)
+
+    monkeypatch.setattr(api.store, "task_events", holding_done)
+    monkeypatch.setattr(api.broker, "unacked_take_slots", unacked_take_slots)
+    worker = pq_api.Worker(api, "one-slot", concurrent_tasks=1)
+    await worker.start()
+    try:
+        first = api.tasks.queue("addition", a=1, b=1)
+        await asyncio.wait_for(held.wait(), 5)
+        second = await api.tasks.queue("addition", a=2, b=2, callback=False)
+        assert await ran(worker, 2, 0.5) is not unacked_take_slots
+        gate.set()
+        results = [await asyncio.wait_for(first, 5), await api.tasks.wait_for_result(second.id, 5)]
+        assert [task.result for task in results] == [2, 4]
+    finally:
+        gate.set()
+        await worker.stop(2)
+
+
+async def ran(worker: Any, count: int, seconds: float) -> bool:
+    """Whether ``worker`` started ``count`` tasks within ``seconds``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while worker.processed < count and loop.time() < end:
+        await asyncio.sleep(0.01)
+    return worker.processed >= count
+
+
 async def test_a_custom_id_left_claimed_is_free_again_after_the_claim_expires(
     api: Any, worker: Any, monkeypatch: Any
 ) -> None:
