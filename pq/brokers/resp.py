@@ -39,28 +39,40 @@ def checked(replies: list[Any]) -> list[Any]:
 
 
 def pack(commands: Sequence[Command]) -> bytes:
-    """``commands`` in the RESP2 request format, ready for one write."""
+    """``commands`` in the RESP2 request format, ready for one write (hiredis packs in C what
+    it takes: str, bytes, int and float arguments; the rest is packed here)."""
     parts = []
-    append = parts.append
     for command in commands:
-        append(b"*%d\r\n" % len(command))
-        for arg in command:
-            kind = type(arg)
-            if kind is bytes:
-                pass
-            elif kind is str:
-                arg = arg.encode()
-            elif kind is int:
-                arg = b"%d" % arg
-            elif kind is float:
-                arg = repr(arg).encode()
-            elif isinstance(arg, (bytes, bytearray, memoryview)):
-                arg = bytes(arg)
-            elif isinstance(arg, int) and not isinstance(arg, bool):
-                arg = b"%d" % arg
-            else:
-                raise TypeError(f"cannot send {type(arg).__name__} {arg!r} to Redis; use bytes, str, int or float")
-            append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+        try:
+            parts.append(_pack_command(command if type(command) is tuple else tuple(command)))
+        except TypeError:
+            parts.append(_pack_one(command))
+    return b"".join(parts)
+
+
+_pack_command = hiredis.pack_command
+
+
+def _pack_one(command: Command) -> bytes:
+    """One command whose arguments hiredis does not take as they are (bytearray, int subclasses)."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        kind = type(arg)
+        if kind is bytes:
+            pass
+        elif kind is str:
+            arg = arg.encode()
+        elif kind is int:
+            arg = b"%d" % arg
+        elif kind is float:
+            arg = repr(arg).encode()
+        elif isinstance(arg, (bytes, bytearray, memoryview)):
+            arg = bytes(arg)
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            arg = b"%d" % arg
+        else:
+            raise TypeError(f"cannot send {type(arg).__name__} {arg!r} to Redis; use bytes, str, int or float")
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
     return b"".join(parts)
 
 

@@ -8,6 +8,7 @@ is made for each run, with ``self.task``, ``self.backend`` and
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from datetime import timedelta
@@ -104,8 +105,12 @@ class Job:
     def __init__(self, backend: "Producer | None" = None, task: "Task | None" = None) -> None:
         self.backend = backend
         self.task = task
-        prefix = backend.cfg.name if backend is not None else "pq"
-        self.logger = logging.getLogger(f"{prefix}.{self.name}")
+
+    @functools.cached_property
+    def logger(self) -> logging.Logger:
+        """``<app name>.<job name>``, looked up on first use: most runs never log."""
+        prefix = self.backend.cfg.name if self.backend is not None else "pq"
+        return logging.getLogger(f"{prefix}.{self.name}")
 
     def __call__(self, **kwargs: Any) -> Any:
         raise NotImplementedError
