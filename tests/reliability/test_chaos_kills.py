@@ -19,7 +19,9 @@ logger = logging.getLogger("pq.tests.reliability")
 
 @pytest.mark.parametrize("broker", ["sqlite", "redis", "amqp+sqlite", "amqp+redis"])
 def test_sigkilled_consumers_lose_nothing(broker: str, tmp_path: Path, make_setup: Callable[..., Setup]) -> None:
-    result = killed_workers(make_setup(broker), tmp_path, tasks=1000, consumers=4, interval=0.5, lag=0.05,
+    # 1000 x 0.15 s over 4 consumers x 10 slots: about 4 s of work, so kills land while tasks run
+    # however fast the queue itself is (with 0.05 s a fast run ended after two kills).
+    result = killed_workers(make_setup(broker), tmp_path, tasks=1000, consumers=4, interval=0.5, lag=0.15,
                             timeout=120)
     logger.info(result.row())
     assert "SERVER EXITED" not in result.notes
