@@ -99,13 +99,25 @@ class Worker:
         for loop in others:
             loop.cancel()
         await asyncio.gather(*others, return_exceptions=True)
-        while self._recording:  # outcomes still being written: their acks (or requeues) follow
-            await asyncio.wait(set(self._recording))
+        await self._wait_recorded(timeout)
         await self._flush_acks()
         await self.throughput.flush(self.api.store)  # type: ignore[arg-type]
         self.api.remove_event_callback(events.CONTROL, "revoke", self._on_revoke)
         await self.api.manager.on_worker_close(self)
         logger.info("%s stopped after %d task(s)", self.name, self.processed)
+
+    async def _wait_recorded(self, timeout: float | None) -> None:
+        """Let the outcome writes still pending end, so their acks (or requeues) go out; a
+        write still retrying after ``timeout`` leaves its task unacked, to run again."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._recording:
+            left = None if deadline is None else max(deadline - loop.time(), 0)
+            done, _ = await asyncio.wait(set(self._recording), timeout=left)
+            if not done:
+                logger.warning("%s stops with %d outcome write(s) unfinished: those tasks run again",
+                               self.name, len(self._recording))
+                return
 
     def info(self) -> dict[str, Any]:
         return {

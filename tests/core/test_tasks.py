@@ -244,6 +244,34 @@ async def test_a_slot_frees_when_the_task_ends_or_when_its_ack_goes(
         await worker.stop(2)
 
 
+async def test_a_stop_waits_for_outcome_writes_at_most_its_timeout(api: Any, monkeypatch: Any) -> None:
+    """A done record that cannot be written in time leaves its task unacked (it runs again)."""
+    write, ack, gate, held = api.store.task_events, api.broker.ack, asyncio.Event(), asyncio.Event()
+    acked: list[str] = []
+
+    async def holding_done(items: Any, envelopes: Any = ()) -> None:
+        if any(item[3] == "done" for item in items):
+            held.set()
+            await gate.wait()
+        await write(items, envelopes)
+
+    async def recording_ack(deliveries: Any) -> None:
+        acked.extend(d.id for d in deliveries)
+        await ack(deliveries)
+
+    monkeypatch.setattr(api.store, "task_events", holding_done)
+    monkeypatch.setattr(api.broker, "ack", recording_ack)
+    worker = pq_api.Worker(api, "stopping")
+    await worker.start()
+    try:
+        await api.tasks.queue("addition", a=1, b=1, callback=False)
+        await asyncio.wait_for(held.wait(), 5)
+        await asyncio.wait_for(worker.stop(0.2), 5)
+        assert acked == []
+    finally:
+        gate.set()
+
+
 async def ran(worker: Any, count: int, seconds: float) -> bool:
     """Whether ``worker`` started ``count`` tasks within ``seconds``."""
     loop = asyncio.get_running_loop()
