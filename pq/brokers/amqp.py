@@ -30,6 +30,18 @@ CHANNEL_WAIT = 1.0
 """How long past its timeout a fetch waits for a channel while RabbitMQ is away, before returning nothing."""
 
 
+class _Connection(aio_pika.RobustConnection):
+    """A robust connection that closes itself when its first connect fails: abandoned, it
+    would close itself from ``__del__``, outside any loop ("coroutine ... was never awaited")."""
+
+    async def connect(self, timeout: Any = None) -> None:
+        try:
+            await super().connect(timeout)
+        except BaseException:
+            await self.close()
+            raise
+
+
 class AmqpBroker(AmqpPublishing, MessageBroker):
     """Task queues on RabbitMQ: durable queues, persistent messages, publisher confirms.
 
@@ -124,7 +136,7 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
             try:
                 connection = await aio_pika.connect_robust(
                     self.amqp_url, reconnect_interval=opts.reconnect_interval,
-                    client_properties={"connection_name": name},
+                    client_properties={"connection_name": name}, connection_class=_Connection,
                 )
             except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
                 raise BrokerError(

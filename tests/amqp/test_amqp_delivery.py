@@ -144,3 +144,33 @@ async def test_publishing_redeclares_what_was_deleted_behind_its_back(broker, ma
     await broker.enqueue([Envelope("m1", "q", b"y")])
     await broker.publish("tasks", "queued", b"")
     assert [d.id for d in await broker.fetch(["q"], 10, 0, 30.0, "c")] == ["m1"]
+
+
+REFUSED = textwrap.dedent("""
+    import asyncio, gc, sys, threading
+    from pq.brokers.amqp import AmqpBroker
+    from pq.exceptions import BrokerError
+
+    async def main(url):
+        broker = AmqpBroker(url, namespace="refused")
+        try:
+            await broker.connect()
+        except BrokerError as exc:
+            print(exc)
+
+    loop = asyncio.new_event_loop()  # left open, as an api's background loop is
+    loop.run_until_complete(main(sys.argv[1]))
+    collector = threading.Thread(target=gc.collect)  # a collection where no loop is
+    collector.start()
+    collector.join()
+""")
+
+
+def test_a_refused_connect_leaves_no_connection_to_close_later(amqp_url: str) -> None:
+    """aio-pika closes an abandoned connection from ``__del__``; with its loop no longer
+    running that warned 'coroutine ... was never awaited' at some later collection."""
+    bad = amqp_url.replace("guest:guest@", "guest:wrong@")
+    done = subprocess.run([sys.executable, "-W", "always", "-c", REFUSED, bad], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert "ACCESS_REFUSED" in done.stdout, done.stdout + done.stderr
+    assert "never awaited" not in done.stderr, done.stderr
