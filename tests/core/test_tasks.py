@@ -191,9 +191,7 @@ async def test_a_task_whose_outcome_cannot_be_recorded_is_not_acked_and_runs_aga
     api: Any, worker: Any, monkeypatch: Any
 ) -> None:
     """The worker frees the slot before the done record is written, but acks only after."""
-    write, ack = api.store.task_events, api.broker.ack
-    acked: list[str] = []
-    failed: list[str] = []
+    write, failed = api.store.task_events, []
 
     async def failing_first_done(items: Any, envelopes: Any = ()) -> None:
         done = [item[0] for item in items if item[3] == "done"]
@@ -202,12 +200,8 @@ async def test_a_task_whose_outcome_cannot_be_recorded_is_not_acked_and_runs_aga
             raise BrokerError("the store went away")
         await write(items, envelopes)
 
-    async def recording_ack(deliveries: Any) -> None:
-        acked.extend(d.id for d in deliveries)
-        await ack(deliveries)
-
     monkeypatch.setattr(api.store, "task_events", failing_first_done)
-    monkeypatch.setattr(api.broker, "ack", recording_ack)
+    acked = record_acks(api, monkeypatch)
     task = await asyncio.wait_for(api.tasks.queue("addition", a=5, b=6), 10)
     assert (task.status_string, task.result) == ("SUCCESS", 11)  # from the second run: writes are not retried
     assert failed == [task.id] and acked == [task.id]  # acked once: after the second run's record
@@ -219,15 +213,7 @@ async def test_a_slot_frees_when_the_task_ends_or_when_its_ack_goes(
 ) -> None:
     """One slot; the first task's done record is held back.  The second task starts at once,
     unless the broker counts unacked deliveries against the consumer (RabbitMQ's prefetch)."""
-    write, gate, held = api.store.task_events, asyncio.Event(), asyncio.Event()
-
-    async def holding_done(items: Any, envelopes: Any = ()) -> None:
-        if any(item[3] == "done" for item in items) and not gate.is_set():
-            held.set()
-            await gate.wait()
-        await write(items, envelopes)
-
-    monkeypatch.setattr(api.store, "task_events", holding_done)
+    gate, held = hold_done_writes(api, monkeypatch)
     monkeypatch.setattr(api.broker, "unacked_take_slots", unacked_take_slots)
     worker = pq_api.Worker(api, "one-slot", concurrent_tasks=1)
     await worker.start()
@@ -246,21 +232,8 @@ async def test_a_slot_frees_when_the_task_ends_or_when_its_ack_goes(
 
 async def test_a_stop_waits_for_outcome_writes_at_most_its_timeout(api: Any, monkeypatch: Any) -> None:
     """A done record that cannot be written in time leaves its task unacked (it runs again)."""
-    write, ack, gate, held = api.store.task_events, api.broker.ack, asyncio.Event(), asyncio.Event()
-    acked: list[str] = []
-
-    async def holding_done(items: Any, envelopes: Any = ()) -> None:
-        if any(item[3] == "done" for item in items):
-            held.set()
-            await gate.wait()
-        await write(items, envelopes)
-
-    async def recording_ack(deliveries: Any) -> None:
-        acked.extend(d.id for d in deliveries)
-        await ack(deliveries)
-
-    monkeypatch.setattr(api.store, "task_events", holding_done)
-    monkeypatch.setattr(api.broker, "ack", recording_ack)
+    gate, held = hold_done_writes(api, monkeypatch)
+    acked = record_acks(api, monkeypatch)
     worker = pq_api.Worker(api, "stopping")
     await worker.start()
     try:
@@ -270,6 +243,32 @@ async def test_a_stop_waits_for_outcome_writes_at_most_its_timeout(api: Any, mon
         assert acked == []
     finally:
         gate.set()
+
+
+def record_acks(api: Any, monkeypatch: Any) -> list[str]:
+    """The ids the broker acks from now on, in order."""
+    ack, acked = api.broker.ack, []
+
+    async def recording(deliveries: Any) -> None:
+        acked.extend(d.id for d in deliveries)
+        await ack(deliveries)
+
+    monkeypatch.setattr(api.broker, "ack", recording)
+    return acked
+
+
+def hold_done_writes(api: Any, monkeypatch: Any) -> tuple[asyncio.Event, asyncio.Event]:
+    """``(gate, held)``: a write with a done record waits for ``gate``; ``held`` says one does."""
+    write, gate, held = api.store.task_events, asyncio.Event(), asyncio.Event()
+
+    async def holding(items: Any, envelopes: Any = ()) -> None:
+        if any(item[3] == "done" for item in items) and not gate.is_set():
+            held.set()
+            await gate.wait()
+        await write(items, envelopes)
+
+    monkeypatch.setattr(api.store, "task_events", holding)
+    return gate, held
 
 
 async def ran(worker: Any, count: int, seconds: float) -> bool:
