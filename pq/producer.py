@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from . import brokers, events
 from .batch import Batcher
-from .brokers.base import DataStore, Envelope, MessageBroker
+from .brokers.base import DataStore, Envelope, EventItem, MessageBroker
 from .exceptions import BrokerError, ImproperlyConfigured, TaskNotAvailable
 from .jobs.executors import Executors
 from .jobs.registry import JobRegistry
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from .config import Config
 
 logger = logging.getLogger("pq.producer")
-EventItem = tuple[str, bytes, "float | None", str]
-"""A task event to write: task id, encoded task (its record), record TTL (None: kept), event."""
 
 NODE_ENV = "PQ_NODE_NAME"
 # A waiter re-reads the task record this often, in case an event was lost.
@@ -265,13 +263,16 @@ class Producer:
             await asyncio.shield(written)
         return result
 
-    async def _write_events(self, entries: list[tuple[EventItem, Task | None]]) -> None:
+    async def _write_events(
+        self, entries: list[tuple[EventItem, Task | None]], envelopes: list[Envelope] | None = None
+    ) -> None:
         """One batch of task events: records and events written (by the store, or records here
-        and events on the broker that reaches every machine), then the Manager told, in order."""
+        and events on the broker that reaches every machine), then the Manager told, in order.
+        ``envelopes`` (the store being the broker too) go in the same call, after the records."""
         assert self.store is not None
         items = [item for item, _ in entries]
         if self.bus is self.store:
-            await self.store.task_events(items)
+            await self.store.task_events(items, envelopes or ())
         else:
             await asyncio.gather(*(self.store.set_task(task_id, body, ttl) for task_id, body, ttl, _ in items))
             await self.bus.publish_events(events.TASK, [(event, body) for _, body, _, event in items])
@@ -312,9 +313,8 @@ class Producer:
         assert self.broker is not None
         envelopes = [Envelope(task.id, task.queue, body, task.eta) for task, body in tasks]
         if self.broker is self.store:  # records, events and messages in one call, records first
-            snapshots = [self._snapshot(task) for task, _ in tasks]
-            await self.store.task_events([(task.id, body, None, events.QUEUED) for task, body in tasks], envelopes)
-            await self._tell_manager(snapshots)
+            await self._write_events(
+                [((task.id, body, None, events.QUEUED), self._snapshot(task)) for task, body in tasks], envelopes)
         else:
             if self.bus is not self.store:
                 await self._mirror_results(tasks)

@@ -77,6 +77,9 @@ class QueueSize:
 EventHandler = Callable[[str, str, bytes], Any]
 """``handler(channel, event, payload)``; may return an awaitable."""
 
+EventItem = tuple[str, bytes, "float | None", str]
+"""A task event to write: task id, encoded task (its record), record TTL (None: kept), event."""
+
 
 def only_channels(handler: EventHandler, channels: Sequence[str] | None) -> EventHandler:
     """``handler`` called only for events of ``channels`` (all when None), for stores that filter locally."""
@@ -149,8 +152,9 @@ class MessageBroker(Connection):
 
     carries_events: bool = False
     """True when it also has ``publish``, ``publish_events`` (many of one channel, in order)
-    and ``subscribe`` reaching every machine that uses it (RabbitMQ's topic exchange): with a ``one_machine`` data store, events go that way,
-    so ``on_events`` and waiting for results work across machines with this broker alone."""
+    and ``subscribe`` reaching every machine that uses it (RabbitMQ's topic exchange): with a
+    ``one_machine`` data store, events go that way, so ``on_events`` and waiting for results
+    work across machines with this broker alone."""
 
     @abc.abstractmethod
     async def enqueue(self, envelopes: Sequence[Envelope]) -> None:
@@ -229,7 +233,7 @@ class DataStore(Connection):
         every channel) published from now on."""
 
     async def task_events(
-        self, items: Sequence[tuple[str, bytes, float | None, str]], envelopes: Sequence[Envelope] = ()
+        self, items: Sequence[EventItem], envelopes: Sequence[Envelope] = ()
     ) -> None:
         """For each ``(task_id, body, ttl, event)``: store the record and publish ``task.<event>``;
         then, when this store is also the message broker, enqueue ``envelopes``.

@@ -24,7 +24,7 @@ from redis.exceptions import AuthenticationError, NoScriptError, RedisError
 
 from ..exceptions import BrokerError, ImproperlyConfigured
 from . import redis_scripts as lua
-from .base import DeadLetter, Delivery, Envelope, MessageBroker, QueueSize
+from .base import DeadLetter, Delivery, Envelope, EventItem, MessageBroker, QueueSize
 from .redis_events import BACKOFF_CAP, BACKOFF_START, UNREACHABLE, EventHub, NotingRetry, Outage
 from .redis_store import RedisDataStore
 from .resp import RespClient, checked
@@ -160,7 +160,7 @@ class RedisStore(MessageBroker, RedisDataStore):
         return calls
 
     async def task_events(
-        self, items: Sequence[tuple[str, bytes, float | None, str]], envelopes: Sequence[Envelope] = ()
+        self, items: Sequence[EventItem], envelopes: Sequence[Envelope] = ()
     ) -> None:
         """Records and events, then the messages, in one ordered round trip: a consumer never
         takes a message before its record is written."""

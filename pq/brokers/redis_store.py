@@ -11,7 +11,7 @@ from typing import Any, Callable, ContextManager, Sequence
 
 from redis.asyncio import Redis
 
-from .base import DataStore, Envelope, EventHandler, Subscription
+from .base import DataStore, Envelope, EventHandler, EventItem, Subscription
 from .redis_events import EventHub, batch_frame, frame
 from .redis_scripts import CLOCK, Script, ms
 from .resp import RespClient, checked
@@ -46,7 +46,7 @@ class RedisDataStore(DataStore):
             return await self._events.subscribe(handler, channels)
 
     async def task_events(
-        self, items: Sequence[tuple[str, bytes, float | None, str]], envelopes: Sequence[Envelope] = ()
+        self, items: Sequence[EventItem], envelopes: Sequence[Envelope] = ()
     ) -> None:
         """Records and their events in one round trip."""
         if not items:
@@ -54,7 +54,7 @@ class RedisDataStore(DataStore):
         with self._io("task_events"):
             checked(await self.resp.exchange(self._event_commands(items)))
 
-    def _event_commands(self, items: Sequence[tuple[str, bytes, float | None, str]]) -> list[tuple[Any, ...]]:
+    def _event_commands(self, items: Sequence[EventItem]) -> list[tuple[Any, ...]]:
         """The records, then their events in one PUBLISH: subscribers get them in order.
         A task written twice here (``started`` then ``done``) gets its last record only,
         the one that would stand a moment later anyway; those kept for good go in one MSET."""
