@@ -63,7 +63,7 @@ class Worker:
         self._loops: list[asyncio.Task] = []
         self._to_ack: list[Delivery] = []
         self._ack_flush: asyncio.Task | None = None
-        self._unacked = 0  # finished tasks still holding their slot until acked (unacked_take_slots)
+        self._unrecorded: dict[int, Delivery] = {}  # finished tasks whose ack waits for their outcome's write
         self._recording: set[asyncio.Future] = set()  # outcome writes whose acks wait, and requeues of failed ones
         self._taken = 0
         self._backlog = False  # the last fetch filled every free slot: more is likely waiting
@@ -166,7 +166,14 @@ class Worker:
                 await self._start_batch(deliveries)
 
     def _free(self) -> int:
-        return self.concurrent_tasks - len(self._inflight) - self._unacked
+        """Slots free: running tasks take one each, and so do finished ones whose outcome is not
+        written yet, all of them if the broker counts them (``unacked_take_slots``), else those
+        past ``concurrent_tasks``: a store slower than the tasks slows the worker down, rather
+        than have finished tasks pile up unacked."""
+        waiting = len(self._unrecorded)
+        if not self.api.broker.unacked_take_slots:  # type: ignore[union-attr]
+            waiting = max(waiting - self.concurrent_tasks, 0)
+        return self.concurrent_tasks - len(self._inflight) - waiting
 
     async def _start_batch(self, deliveries: list[Delivery]) -> None:
         broker, store = self.api.broker, self.api.store
@@ -190,7 +197,7 @@ class Worker:
         assert broker is not None and store is not None
         while True:
             await asyncio.sleep(lease / 3)
-            deliveries = [entry[0] for entry in self._inflight.values()]
+            deliveries = [entry[0] for entry in self._inflight.values()] + list(self._unrecorded.values())
             slots = [(name, task_id) for task_id, name in self._slots.items()]
             try:
                 if deliveries:
@@ -340,23 +347,19 @@ class Worker:
     # acknowledgements --------------------------------------------------------------------------
     def _ack_when_written(self, delivery: Delivery, written: "asyncio.Future[None]") -> None:
         """Ack once the outcome is recorded, never before (a crash in between runs the task
-        again); the task's slot is free meanwhile.  An outcome that cannot be recorded sends
-        the task back to its queue."""
+        again); meanwhile its lease is renewed, and its slot may be free (see ``_free``).  An
+        outcome that cannot be recorded sends the task back to its queue."""
         if written.done():
             self._recorded(delivery, written)
             return
         if written not in self._recording:
             self._recording.add(written)
             written.add_done_callback(self._recording.discard)
-        if self.api.broker.unacked_take_slots:  # type: ignore[union-attr]
-            self._unacked += 1
-            written.add_done_callback(functools.partial(self._recorded_holding, delivery))
-        else:
-            written.add_done_callback(functools.partial(self._recorded, delivery))
+        self._unrecorded[id(delivery)] = delivery
+        written.add_done_callback(functools.partial(self._written, delivery))
 
-    def _recorded_holding(self, delivery: Delivery, written: "asyncio.Future[None]") -> None:
-        """``_recorded`` for a task whose slot was held until now (``unacked_take_slots``)."""
-        self._unacked -= 1
+    def _written(self, delivery: Delivery, written: "asyncio.Future[None]") -> None:
+        del self._unrecorded[id(delivery)]
         self._recorded(delivery, written)
         if self._free() >= self._wake_at:
             self._slot_free.set()

@@ -211,8 +211,9 @@ async def test_a_task_whose_outcome_cannot_be_recorded_is_not_acked_and_runs_aga
 async def test_a_slot_frees_when_the_task_ends_or_when_its_ack_goes(
     api: Any, monkeypatch: Any, unacked_take_slots: bool
 ) -> None:
-    """One slot; the first task's done record is held back.  The second task starts at once,
-    unless the broker counts unacked deliveries against the consumer (RabbitMQ's prefetch)."""
+    """One slot; the done records are held back.  The second task starts at once, unless the
+    broker counts unacked deliveries against the consumer (RabbitMQ's prefetch); a third never
+    does: at most ``concurrent_tasks`` finished tasks wait for their records."""
     gate, held = hold_done_writes(api, monkeypatch)
     monkeypatch.setattr(api.broker, "unacked_take_slots", unacked_take_slots)
     worker = pq_api.Worker(api, "one-slot", concurrent_tasks=1)
@@ -220,14 +221,43 @@ async def test_a_slot_frees_when_the_task_ends_or_when_its_ack_goes(
     try:
         first = api.tasks.queue("addition", a=1, b=1)
         await asyncio.wait_for(held.wait(), 5)
-        second = await api.tasks.queue("addition", a=2, b=2, callback=False)
+        later = [await api.tasks.queue("addition", a=n, b=n, callback=False) for n in (2, 3)]
         assert await ran(worker, 2, 0.5) is not unacked_take_slots
+        assert not await ran(worker, 3, 0.3)
         gate.set()
-        results = [await asyncio.wait_for(first, 5), await api.tasks.wait_for_result(second.id, 5)]
-        assert [task.result for task in results] == [2, 4]
+        results = [await asyncio.wait_for(first, 5)] + [await api.tasks.wait_for_result(t.id, 5) for t in later]
+        assert [task.result for task in results] == [2, 4, 6]
     finally:
         gate.set()
         await worker.stop(2)
+
+
+async def test_a_finished_task_waiting_for_its_record_keeps_its_lease(monkeypatch: Any) -> None:
+    """Its lease is renewed until the record is written and the task acked: not handed out again."""
+    api = make_app(lease_timeout=1.0).api()
+    await api.start()
+    gate, held = hold_done_writes(api, monkeypatch)
+    renew, renewed = api.broker.renew, []
+
+    async def recording(deliveries: Any, lease: float) -> None:
+        renewed.extend(d.id for d in deliveries)
+        await renew(deliveries, lease)
+
+    monkeypatch.setattr(api.broker, "renew", recording)
+    worker = pq_api.Worker(api, "renewing")
+    await worker.start()
+    try:
+        queued = await api.tasks.queue("addition", a=1, b=1, callback=False)
+        await asyncio.wait_for(held.wait(), 5)
+        await asyncio.sleep(1.5)
+        assert renewed.count(queued.id) >= 2
+        gate.set()
+        assert (await api.tasks.wait_for_result(queued.id, 5)).result == 2
+        assert worker.processed == 1, "run once: its lease never ran out"
+    finally:
+        gate.set()
+        await worker.stop(2)
+        await api.close()
 
 
 async def test_a_stop_waits_for_outcome_writes_at_most_its_timeout(api: Any, monkeypatch: Any) -> None:
