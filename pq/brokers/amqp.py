@@ -1,4 +1,4 @@
-"""RabbitMQ message broker (``amqp://``, ``amqps://``) on aio-pika.
+"""RabbitMQ message broker (``amqp://``, ``amqps://``): aio-pika, and pq's own connection for consumers.
 
 AMQP is a message broker only: pair it with a data store (redis, sqlite) for
 results, locks and counters.  The lease model of ``base.py`` maps onto AMQP
@@ -105,7 +105,9 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
       ``connection_name``, ``dead_scan_limit`` (1000: dead letters read to
       count them per queue in ``sizes``).
 
-    Other query parameters (``heartbeat``...) go to aio-pika.
+    Other query parameters (``heartbeat``, and for ``amqps`` ``cafile``,
+    ``capath``, ``certfile``, ``keyfile``, ``no_verify_ssl``) go to aio-pika
+    and to the consumers' own connections (``amqp_wire``).
     """
 
     scheme = "amqp"
@@ -117,6 +119,7 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
         self.amqp_url, opts = AmqpOptions.from_url(url, options)
         self.topology = Topology(namespace, opts)
         self.connection: Any = None
+        self.connection_name = ""
         self.channel: Any = None
         self.consumers: dict[str, Consumer] = {}
         self.buckets: dict[str, set[str]] = {}
@@ -132,7 +135,7 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
             if self.connection is not None:
                 return
             opts = self.topology.options
-            name = opts.connection_name or f"pq:{self.namespace}:{os.getpid()}"
+            name = self.connection_name = opts.connection_name or f"pq:{self.namespace}:{os.getpid()}"
             try:
                 connection = await aio_pika.connect_robust(
                     self.amqp_url, reconnect_interval=opts.reconnect_interval,
@@ -237,7 +240,7 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
             try:
                 async with asyncio.timeout(max(deadline - loop.time(), 0.0) + CHANNEL_WAIT):
                     state = await self._consumer(consumer)
-                    await state.channel.ready()
+                    await state.live()
                 await state.prepare(queues)
                 out = await state.collect(queues, count)
                 if out or loop.time() >= deadline:
@@ -257,9 +260,7 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
         async with self._opening:
             state = self.consumers.get(name)
             if state is None:
-                state = Consumer(self, name)
-                await state.open()
-                self.consumers[name] = state
+                state = self.consumers[name] = Consumer(self, name)
         return state
 
     async def renew(self, deliveries: Sequence[Delivery], lease: float) -> None:

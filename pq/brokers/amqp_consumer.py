@@ -7,8 +7,10 @@ a ``basic.consume`` kept open across fetches, with a per-consumer prefetch
 of ``count``, its free slots, which are then all its slots.  Every delivery
 it holds comes from the stream and stays unacked until the task ran, so
 RabbitMQ pushes exactly as many as slots free up, and a fetch takes what was
-pushed without a round trip (earlier queues are still asked first, with
-``basic.get``).  The stream ends when nothing arrives for ``STREAM_IDLE``
+pushed without a round trip.  The earlier queues, found empty, are watched
+meanwhile by consumers with a prefetch of 1, not asked on every fetch; a
+message arriving there ends the stream, so queue order holds.  The stream
+also ends when nothing arrives for ``STREAM_IDLE``
 while a fetch waits (the queue ran dry, or the caller wants more than its
 prefetch), and when a fetch asks for fewer than the prefetch less what the
 consumer holds (``max_requests`` nearly reached: it stops before the end).
@@ -18,9 +20,15 @@ still wanted, then cancel).  Only when every queue is empty does it
 *subscribe* (prefetch equal to the free slots it waits to fill) and block
 until RabbitMQ pushes something, then cancel.  So RabbitMQ never hands a
 consumer more than its free slots, with one exception: a message of an
-earlier queue taken while a later one streams is outside the stream's
-prefetch, so until it is acked the consumer may hold one more (per such
-message) than it has slots.
+earlier queue pushed by its watch is outside the stream's prefetch, so until
+it is acked the consumer may hold one more (per watched queue) than it has
+slots.
+
+Each consumer has a connection of its own, pq's (``amqp_wire``), not
+aio-pika's: a pushed message reaches the buffer in the loop turn that read
+it.  When the connection or the channel goes, the next fetch opens new ones
+(no sooner than ``reconnect_interval`` after a failed connect); RabbitMQ has
+requeued whatever the old channel held.
 """
 from __future__ import annotations
 
@@ -29,10 +37,11 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from aiormq.abc import DeliveredMessage
+from aiormq import exceptions as errors
 
+from . import amqp_wire
 from .amqp_acks import Acks
 from .amqp_publish import dropped
 from .amqp_topology import HDR_DELIVERIES, HDR_ETA
@@ -67,7 +76,7 @@ class Lease:
 
     __slots__ = ("message", "consumer", "queue", "source", "acks", "done")
 
-    def __init__(self, message: DeliveredMessage, consumer: Consumer, queue: str, source: str, acks: Acks) -> None:
+    def __init__(self, message: amqp_wire.Message, consumer: Consumer, queue: str, source: str, acks: Acks) -> None:
         self.message = message
         self.consumer = consumer
         self.queue = queue
@@ -100,45 +109,68 @@ class Consumer:
         self.broker = broker
         self.name = name
         self.token = uuid.uuid4().hex[:8]
-        self.channel: Any = None
-        self.underlay: Any = None
+        self.connection: amqp_wire.Connection | None = None
+        self.underlay: amqp_wire.Channel | None = None
+        self.retry_at = 0.0
         self.sources: dict[str, str] = {}
         self.tags: dict[str, str] = {}
-        self.buffers: dict[str, deque[tuple[DeliveredMessage, int]]] = {}
+        self.buffers: dict[str, deque[tuple[amqp_wire.Message, int]]] = {}
         self.leased: set[Lease] = set()
         self.acks = Acks(None)
         self.stream: tuple[str, str, int] | None = None
         """``(queue, consumer tag, prefetch)`` of the open stream."""
+        self.watches: dict[str, str] = {}
+        """The consumer tags watching the queues before the stream's, by queue."""
         self.waiting = 0
         self.subscribed_with = 0
         self.consumer_prefetch = -1
         self.arrived = asyncio.Event()
         self.lock = asyncio.Lock()
+        self.connecting = asyncio.Lock()
+        self.later: set[asyncio.Task] = set()
 
-    async def open(self) -> None:
-        self.channel = await self.broker.open_channel()
-        self.channel.reopen_callbacks.add(lambda *_: self.arrived.set())
-
-    async def close(self) -> None:
-        """Close the channel: RabbitMQ requeues everything it held."""
-        if self.channel is not None and not self.channel.is_closed:
-            await self.channel.close()
-        self.leased.clear()
-        self.buffers.clear()
-
-    async def prepare(self, queues: Sequence[str]) -> Any:
-        """The live channel, with the queues declared (and broadcast queues bound) on it."""
-        underlay = await self.channel.get_underlay_channel()
-        if underlay is not self.underlay:
-            self.underlay = underlay
+    async def live(self) -> amqp_wire.Channel:
+        """The consumer's channel, opened again (on a new connection if need be) when it is gone."""
+        async with self.connecting:
+            channel = self.underlay
+            if channel is not None and not channel.is_closed:
+                return channel
+            if self.connection is None or self.connection.is_closed:
+                await self.broker.connect()
+                await asyncio.sleep(self.retry_at - time.monotonic())
+                name = f"{self.broker.connection_name}/{self.name}"
+                try:
+                    self.connection = await amqp_wire.connect(self.broker.amqp_url, name)
+                except (OSError, errors.AMQPError) as exc:
+                    self.retry_at = time.monotonic() + self.broker.topology.options.reconnect_interval
+                    raise errors.AMQPConnectionError(f"consumer {self.name} cannot connect to RabbitMQ: {exc}") from exc
+            channel = await self.connection.channel()
+            channel.close_callbacks.add(lambda _: self.arrived.set())
+            channel.on_consumer_cancel_callbacks.add(self.on_cancel)
+            self.underlay = channel
             self.sources.clear()
             self.tags.clear()
             self.buffers.clear()
             self.leased.clear()
-            self.acks = Acks(underlay)
+            self.acks = Acks(channel)
             self.stream = None
+            self.watches.clear()
             self.consumer_prefetch = -1
-            underlay.on_consumer_cancel_callbacks.add(self.on_cancel)
+            return channel
+
+    async def close(self) -> None:
+        """Close the connection: RabbitMQ requeues everything it held."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await connection.close()
+        for task in list(self.later):
+            task.cancel()
+        self.leased.clear()
+        self.buffers.clear()
+
+    async def prepare(self, queues: Sequence[str]) -> amqp_wire.Channel:
+        """The live channel, with the queues declared (and broadcast queues bound) on it."""
+        underlay = await self.live()
         topology = self.broker.topology
         for queue in queues:
             if queue in self.sources:
@@ -167,10 +199,10 @@ class Consumer:
         return max(min(count, cap - held), 0)
 
     # taking --------------------------------------------------------------
-    def lease(self, message: DeliveredMessage, queue: str, deliveries: int) -> Delivery:
+    def lease(self, message: amqp_wire.Message, queue: str, deliveries: int) -> Delivery:
         lease = Lease(message, self, queue, self.sources.get(queue, ""), self.acks)
         self.leased.add(lease)
-        msg_id = message.header.properties.message_id or ""
+        msg_id = message.properties.message_id or ""
         return Delivery(msg_id, queue, message.body, deliveries, lease)
 
     def take(self, queue: str, count: int) -> list[Delivery]:
@@ -189,19 +221,24 @@ class Consumer:
         if stream is not None and (stream[0] not in queues or count + len(self.leased) < stream[2]):
             await self.end_stream()
         out: list[Delivery] = []
-        for queue in queues:
+        for index, queue in enumerate(queues):
             if len(out) >= count:
                 break
             out += self.take(queue, count - len(out))
-            if self.stream is not None and self.stream[0] == queue:
-                if out or await self.arrival(queue, patience=STREAM_IDLE):
-                    out += self.take(queue, count - len(out))
-                    break
-                await self.end_stream()
-            out += await self.pull(queue, count - len(out))
+            if self.stream is not None:
+                if self.stream[0] == queue:
+                    if out or await self.arrival(queue, patience=STREAM_IDLE):
+                        out += self.take(queue, count - len(out))
+                        break
+                    await self.end_stream()
+                elif queue in self.watches:
+                    if not out:
+                        continue
+                    await self.end_stream()  # an earlier queue has work: back to queue order
+            out += await self.pull(queue, count - len(out), queues[:index])
         return out
 
-    async def pull(self, queue: str, count: int) -> list[Delivery]:
+    async def pull(self, queue: str, count: int, earlier: Sequence[str] = ()) -> list[Delivery]:
         """Up to ``count`` messages of ``queue``: a stream on a backlog, basic.get, or a burst."""
         out: list[Delivery] = []
         underlay = self.underlay
@@ -210,7 +247,7 @@ class Consumer:
                 and queue not in self.broker.topology.options.prefetch:
             ready = (await underlay.queue_declare(source, passive=True)).message_count or 0
             if ready >= BURST:
-                await self.open_stream(queue, count)
+                await self.open_stream(queue, count, earlier)
                 await self.gather(queue, min(count, ready))
                 return self.take(queue, count)
             if not ready:
@@ -245,38 +282,75 @@ class Consumer:
             return False
         return True
 
-    async def open_stream(self, queue: str, prefetch: int) -> None:
-        """basic.consume ``queue`` with prefetch ``prefetch``, kept open across fetches."""
+    async def open_stream(self, queue: str, prefetch: int, earlier: Sequence[str] = ()) -> None:
+        """basic.consume ``queue`` with prefetch ``prefetch``, kept open across fetches.
+
+        The ``earlier`` queues (found empty) are watched meanwhile, each by a
+        consumer with a prefetch of 1, instead of asked with a basic.get round
+        trip on every fetch; a message arriving there ends the stream.
+        """
         underlay = self.underlay
-        if prefetch != self.consumer_prefetch:
-            await underlay.basic_qos(prefetch_count=prefetch, global_=False)
-            self.consumer_prefetch = prefetch
+        for watched in earlier:
+            if watched in self.sources and self.room(watched, 1):
+                await self.qos(1)
+                tag = self.watches[watched] = f"{self.name}.{watched}.watch.{uuid.uuid4().hex[:8]}"
+                await underlay.basic_consume(self.sources[watched], self.pusher(watched, underlay), consumer_tag=tag)
+        await self.qos(prefetch)
         tag = f"{self.name}.{queue}.stream.{uuid.uuid4().hex[:8]}"
         await underlay.basic_consume(self.sources[queue], self.pusher(queue, underlay), consumer_tag=tag)
         self.stream = (queue, tag, prefetch)
 
+    async def qos(self, prefetch: int) -> None:
+        """The prefetch of the consumers started from now on (RabbitMQ's per-consumer ``basic.qos``)."""
+        if prefetch != self.consumer_prefetch:
+            await self.underlay.basic_qos(prefetch_count=prefetch, global_=False)
+            self.consumer_prefetch = prefetch
+
     async def end_stream(self) -> None:
-        """Cancel the stream; what it pushed before stays buffered for the next fetch."""
+        """Cancel the stream and its watches; what they pushed before stays buffered for the next fetch."""
         stream, self.stream = self.stream, None
-        if stream is not None and self.underlay is not None and not self.underlay.is_closed:
+        tags = [tag for tag in (stream[1] if stream else None, *self.watches.values()) if tag]
+        self.watches.clear()
+        if self.underlay is None or self.underlay.is_closed:
+            return
+        for tag in tags:
             try:
-                await self.underlay.basic_cancel(stream[1])
+                await self.underlay.basic_cancel(tag)
             except Exception as exc:
                 if not dropped(exc):
                     raise
-                log.debug("cancel of %s failed: %s", stream[1], exc)
+                log.debug("cancel of %s failed: %s", tag, exc)
 
-    def pusher(self, queue: str, underlay: Any) -> Any:
-        """The basic.consume callback: count or send round each pushed message, buffer the rest."""
-        async def on_message(message: DeliveredMessage) -> None:
-            deliveries = await self.accept(message, queue, underlay)
+    def pusher(self, queue: str, underlay: amqp_wire.Channel) -> Callable[[amqp_wire.Message], None]:
+        """The basic.consume callback: buffer each pushed message; one to send round or hold goes through a task."""
+        def on_message(message: amqp_wire.Message) -> None:
+            deliveries = self.count(message, queue)
             if deliveries is not None:
-                self.buffers.setdefault(queue, deque()).append((message, deliveries))
-                self.arrived.set()
+                self.buffer(queue, message, deliveries)
+                return
+            task = asyncio.ensure_future(self.push_later(message, queue, underlay))
+            self.later.add(task)
+            task.add_done_callback(self.later.discard)
 
         return on_message
 
-    def drop_buffered(self, queue: str) -> list[DeliveredMessage]:
+    def buffer(self, queue: str, message: amqp_wire.Message, deliveries: int) -> None:
+        self.buffers.setdefault(queue, deque()).append((message, deliveries))
+        self.arrived.set()
+
+    async def push_later(self, message: amqp_wire.Message, queue: str, underlay: amqp_wire.Channel) -> None:
+        """Send round, or hold until due, a pushed message ``count`` could not hand out at once."""
+        try:
+            deliveries = await self.accept(message, queue, underlay)
+        except Exception:
+            log.exception("a pushed message of %s could not be taken; RabbitMQ redelivers it", queue)
+            if not message.channel.is_closed and message.delivery_tag is not None:
+                await self.acks.reject(message.delivery_tag, True)
+            return
+        if deliveries is not None:
+            self.buffer(queue, message, deliveries)
+
+    def drop_buffered(self, queue: str) -> list[amqp_wire.Message]:
         """Forget what was pushed of ``queue`` (for purge): the live messages, to be acked."""
         return [message for message, _ in self.buffers.pop(queue, ()) if not message.channel.is_closed]
 
@@ -287,9 +361,7 @@ class Consumer:
         the burst also ends when nothing arrives for ``BURST_IDLE``.
         """
         underlay = self.underlay
-        if count != self.consumer_prefetch:
-            await underlay.basic_qos(prefetch_count=count, global_=False)
-            self.consumer_prefetch = count
+        await self.qos(count)
         tag = f"{self.name}.{queue}.burst.{uuid.uuid4().hex[:8]}"
         await underlay.basic_consume(self.sources[queue], self.pusher(queue, underlay), consumer_tag=tag)
         try:
@@ -297,14 +369,30 @@ class Consumer:
         finally:
             await underlay.basic_cancel(tag)
 
-    async def accept(self, message: DeliveredMessage, queue: str, underlay: Any) -> int | None:
+    def count(self, message: amqp_wire.Message, queue: str) -> int | None:
+        """The delivery count of a message to run now, without I/O; None when ``accept`` has more to do."""
+        headers = message.properties.headers or {}
+        deliveries = header_int(headers, HDR_DELIVERIES, 1)
+        topology = self.broker.topology
+        if topology.options.queue_type == "quorum":
+            deliveries += header_int(headers, "x-delivery-count")
+        elif message.redelivered and not topology.is_broadcast(queue):
+            return None
+        if HDR_ETA in headers and header_int(headers, HDR_ETA) / 1000 > time.time():
+            return None
+        return deliveries
+
+    async def accept(self, message: amqp_wire.Message, queue: str, underlay: amqp_wire.Channel) -> int | None:
         """Count a delivery, or send it round again: its delivery count, None if it is not to be run now.
 
         A redelivered message of a classic queue is republished with its
         count incremented (RabbitMQ only flags redeliveries); a delayed one
         that came out early is sent round again, or held when almost due.
         """
-        headers = message.header.properties.headers or {}
+        deliveries = self.count(message, queue)
+        if deliveries is not None:
+            return deliveries
+        headers = message.properties.headers or {}
         deliveries = header_int(headers, HDR_DELIVERIES, 1)
         broker = self.broker
         source = self.sources.get(queue, "")
@@ -325,7 +413,7 @@ class Consumer:
             return None
         return deliveries
 
-    async def send_round(self, message: DeliveredMessage, queue: str, target: Any, headers: dict[str, Any],
+    async def send_round(self, message: amqp_wire.Message, queue: str, target: Any, headers: dict[str, Any],
                          eta: float | None = None) -> bool:
         """Republish a copy of ``message`` and ack it: True when done (the copy comes round instead)."""
         if not await self.broker.republish(message, queue, target, headers, eta):
@@ -375,9 +463,7 @@ class Consumer:
             room = self.room(queue, self.waiting)
             if queue in self.tags or room <= 0:
                 continue
-            if room != self.consumer_prefetch:
-                await underlay.basic_qos(prefetch_count=room, global_=False)
-                self.consumer_prefetch = room
+            await self.qos(room)
             tag = self.tags[queue] = f"{self.name}.{queue}.{uuid.uuid4().hex[:8]}"
             await underlay.basic_consume(self.sources[queue], self.pusher(queue, underlay), consumer_tag=tag)
         self.subscribed_with = self.waiting
@@ -398,10 +484,11 @@ class Consumer:
         if self.stream is not None and self.stream[1] == frame.consumer_tag:
             self.broker.declared.pop(self.sources.pop(self.stream[0], ""), None)
             self.stream = None
-        for queue, tag in list(self.tags.items()):
-            if tag == frame.consumer_tag:
-                del self.tags[queue]
-                self.broker.declared.pop(self.sources.pop(queue, ""), None)
+        for consumers in (self.tags, self.watches):
+            for queue, tag in list(consumers.items()):
+                if tag == frame.consumer_tag:
+                    del consumers[queue]
+                    self.broker.declared.pop(self.sources.pop(queue, ""), None)
         self.arrived.set()
 
     def counts(self, queue: str) -> tuple[int, int]:

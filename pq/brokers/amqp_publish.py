@@ -193,7 +193,7 @@ class AmqpPublishing:
         self.exchanges.discard(out.exchange)
 
     async def republish(
-        self, message: DeliveredMessage, queue: str, target: Target, headers: dict[str, Any],
+        self, message: Any, queue: str, target: Target, headers: dict[str, Any],
         eta: float | None = None,
     ) -> bool:
         """Publish a copy of a delivered message (new headers, maybe delayed), confirmed; the caller acks it.
@@ -202,7 +202,7 @@ class AmqpPublishing:
         False, with a log line, when it could not be done (the caller then
         hands the message out as it is).
         """
-        props = message.header.properties
+        props = message.properties
         merged = {k: v for k, v in (props.headers or {}).items() if k.startswith("x-pq-")}
         merged.update(headers)
         out = self.outgoing(props.message_id or "", message.body, target, None, eta, merged, owner=queue)

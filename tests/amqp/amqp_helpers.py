@@ -22,11 +22,14 @@ def rabbitmqctl(*args: str) -> str:
 
 
 def close_connections(name: str) -> int:
-    """Close (as an operator would) the server side of every connection named ``name``."""
+    """Close (as an operator would) the server side of every connection of broker ``name``.
+
+    That is the broker's own and its consumers' (named ``name/consumer``).
+    """
     closed = 0
     for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines():
         pid, _, properties = line.partition("\t")
-        if f'"{name}"' in properties:
+        if f'"{name}"' in properties or f'"{name}/' in properties:
             rabbitmqctl("close_connection", pid, "pq test")
             closed += 1
     return closed

@@ -65,7 +65,7 @@ async def test_close_connection_mid_run_loses_nothing(make) -> None:
 
     async def chaos() -> None:
         await asyncio.sleep(0.2)
-        assert await asyncio.to_thread(close_connections, f"pqtest-consumer-{os.getpid()}") == 1
+        assert await asyncio.to_thread(close_connections, f"pqtest-consumer-{os.getpid()}") == 2, "its own and its consumer's"
         await asyncio.sleep(0.2)
         assert await asyncio.to_thread(close_connections, f"pqtest-producer-{os.getpid()}") == 1
 

@@ -70,14 +70,33 @@ async def test_a_backlog_is_streamed_within_the_free_slots(broker) -> None:
     assert (await broker.sizes(["q"]))["q"] == QueueSize()
 
 
-async def test_earlier_queues_still_come_first_while_a_later_one_streams(broker) -> None:
+async def test_earlier_queues_still_come_first_while_a_later_one_streams(broker, monkeypatch) -> None:
+    """Watched, not asked: no basic.get per fetch; what arrives there is taken first and ends the stream."""
     await broker.enqueue([Envelope(f"l{i}", "low", b"x") for i in range(20)])
     got = await broker.fetch(["high", "low"], 4, 0, 30.0, "c")
-    assert broker.consumers["c"].stream is not None
+    consumer = broker.consumers["c"]
+    assert consumer.stream is not None and list(consumer.watches) == ["high"]
+    asked: list[str] = []
+    get = consumer.underlay.basic_get
+
+    async def recording(queue: str) -> Any:
+        asked.append(queue)
+        return await get(queue)
+
+    monkeypatch.setattr(consumer.underlay, "basic_get", recording)
+    for _ in range(3):
+        await broker.ack(got[:1])
+        got = got[1:] + await broker.fetch(["high", "low"], 1, 1.0, 30.0, "c")
+    assert [d.id for d in got] == ["l3", "l4", "l5", "l6"] and asked == []
     await broker.enqueue([Envelope("h0", "high", b"x")])
+    for _ in range(100):
+        if consumer.buffers.get("high"):
+            break
+        await asyncio.sleep(0.01)
     await broker.ack(got[:2])
     again = await broker.fetch(["high", "low"], 2, 1.0, 30.0, "c")
-    assert [d.id for d in again][0] == "h0"
+    assert [d.id for d in again] == ["h0", "l7"]
+    assert consumer.stream is None and consumer.watches == {}
     await broker.ack(got[2:] + again)
 
 
@@ -99,7 +118,7 @@ async def test_stream_survives_a_closed_connection_and_loses_nothing(make) -> No
     while len(seen) < total:
         batch = await consumer.fetch(["q"], 5, 1.0, 30.0, "c")
         if len(seen) > 100 and not closed:
-            assert await asyncio.to_thread(close_connections, name) == 1
+            assert await asyncio.to_thread(close_connections, name) == 2, "the broker's and its consumer's"
             closed = True
         await consumer.ack(batch)
         seen |= {d.id for d in batch}

@@ -1,0 +1,272 @@
+"""pq's own AMQP connection (``amqp_wire``): against the shared RabbitMQ, and a loopback server that misbehaves."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aio_pika
+import pytest
+from aiormq import exceptions as errors
+from pamqp import commands as spec
+from pamqp import frame as amqp_frame
+
+from pq.brokers import amqp_wire
+
+from amqp_helpers import close_connections
+
+
+@pytest.fixture
+async def queue(amqp_url: str) -> AsyncIterator[str]:
+    name = f"pqtest-wire-{uuid.uuid4().hex[:10]}"
+    yield name
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        await (await connection.channel()).queue_delete(name)
+    finally:
+        await connection.close()
+
+
+async def publish(url: str, queue: str, *messages: aio_pika.Message) -> None:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        for message in messages:
+            await channel.default_exchange.publish(message, routing_key=queue)
+    finally:
+        await connection.close()
+
+
+async def connected(url: str) -> amqp_wire.Connection:
+    return await amqp_wire.connect(url, f"pqtest-wire-{uuid.uuid4().hex[:8]}")
+
+
+async def test_get_consume_ack_and_reject_on_rabbitmq(amqp_url: str, queue: str) -> None:
+    connection = await connected(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_declare(queue)
+        assert (await channel.basic_get(queue)).delivery_tag is None, "an empty queue"
+        await publish(amqp_url, queue, *(aio_pika.Message(f"b{i}".encode(), message_id=f"m{i}",
+                                                          headers={"x-pq-deliveries": i}) for i in range(3)))
+        got = await channel.basic_get(queue)
+        assert (got.body, got.properties.message_id, got.properties.headers, got.message_count) == \
+            (b"b0", "m0", {"x-pq-deliveries": 0}, 2)
+        await channel.basic_reject(got.delivery_tag, requeue=True)
+        pushed: list[amqp_wire.Message] = []
+        arrived = asyncio.Event()
+
+        def on_message(message: amqp_wire.Message) -> None:
+            pushed.append(message)
+            if len(pushed) == 3:
+                arrived.set()
+
+        await channel.basic_qos(prefetch_count=3)
+        await channel.basic_consume(queue, on_message, consumer_tag="t")
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert sorted((m.body, m.redelivered) for m in pushed) == [(b"b0", True), (b"b1", False), (b"b2", False)]
+        await channel.basic_cancel("t")
+        await channel.basic_ack(max(m.delivery_tag for m in pushed), multiple=True)
+        assert (await channel.queue_declare(queue, passive=True)).message_count == 0
+    finally:
+        await connection.close()
+    assert connection.is_closed
+
+
+async def test_a_body_larger_than_a_frame_arrives_whole(amqp_url: str, queue: str) -> None:
+    body = bytes(range(256)) * 2000
+    connection = await connected(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_declare(queue)
+        await publish(amqp_url, queue, aio_pika.Message(body), aio_pika.Message(b""))
+        assert (await channel.basic_get(queue)).body == body
+        empty = await channel.basic_get(queue)
+        assert (empty.delivery_tag is not None, empty.body) == (True, b"")
+    finally:
+        await connection.close()
+
+
+async def test_a_refused_request_closes_its_channel_only(amqp_url: str, queue: str) -> None:
+    connection = await connected(amqp_url)
+    try:
+        channel = await connection.channel()
+        closed: list[BaseException] = []
+        channel.close_callbacks.add(closed.append)
+        with pytest.raises(errors.ChannelNotFoundEntity):
+            await channel.queue_declare(queue, passive=True)
+        assert channel.is_closed and isinstance(closed[0], errors.ChannelNotFoundEntity)
+        with pytest.raises(errors.ChannelInvalidStateError):
+            await channel.basic_qos(prefetch_count=1)
+        again = await connection.channel()
+        await again.queue_declare(queue)
+        with pytest.raises(errors.ChannelPreconditionFailed):
+            await again.queue_declare(queue, durable=True)
+        assert not connection.is_closed
+    finally:
+        await connection.close()
+
+
+async def test_the_server_cancelling_a_consumer_is_told(amqp_url: str, queue: str) -> None:
+    connection = await connected(amqp_url)
+    try:
+        channel = await connection.channel()
+        cancelled: list[str] = []
+        channel.on_consumer_cancel_callbacks.add(lambda frame: cancelled.append(frame.consumer_tag))
+        await channel.queue_declare(queue)
+        await channel.basic_consume(queue, lambda message: None, consumer_tag="gone")
+        other = await connection.channel()
+        await other.request(spec.Queue.Delete(queue=queue), spec.Queue.DeleteOk)
+        for _ in range(100):
+            if cancelled:
+                break
+            await asyncio.sleep(0.02)
+        assert cancelled == ["gone"] and "gone" not in channel.consumers
+        assert not channel.is_closed
+    finally:
+        await connection.close()
+
+
+async def test_an_operator_closing_the_connection_fails_what_waits(amqp_url: str, queue: str) -> None:
+    name = f"pqtest-wire-{uuid.uuid4().hex[:8]}"
+    connection = await amqp_wire.connect(amqp_url, name)
+    channel = await connection.channel()
+    await channel.queue_declare(queue)
+    closed: list[BaseException] = []
+    channel.close_callbacks.add(closed.append)
+    assert await asyncio.to_thread(close_connections, name) == 1
+    reason = await asyncio.wait_for(connection.lost, 10)
+    assert isinstance(reason, errors.ConnectionClosed) and "CONNECTION_FORCED" in str(reason)
+    assert channel.is_closed and closed == [reason]
+    with pytest.raises(errors.ChannelInvalidStateError):
+        await channel.basic_get(queue)
+    with pytest.raises(errors.ChannelInvalidStateError):
+        await channel.basic_ack(1)
+
+
+async def test_a_wrong_password_is_refused_with_the_server_s_reason(amqp_url: str) -> None:
+    bad = amqp_url.replace("guest:guest@", "guest:wrong@")
+    with pytest.raises(errors.ConnectionClosed, match="ACCESS_REFUSED"):
+        await connected(bad)
+    with pytest.raises(errors.ConnectionClosed, match="NOT_ALLOWED|vhost"):
+        await connected(amqp_url.rstrip("/") + "/pqtest-no-such-vhost")
+
+
+async def test_a_callback_that_raises_sends_its_message_back(amqp_url: str, queue: str) -> None:
+    connection = await connected(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_declare(queue)
+        await publish(amqp_url, queue, aio_pika.Message(b"x"))
+        seen: list[bool] = []
+
+        def on_message(message: amqp_wire.Message) -> None:
+            seen.append(message.redelivered)
+            if len(seen) == 1:
+                raise RuntimeError("a bug in the consumer")
+
+        await channel.basic_consume(queue, on_message, consumer_tag="t")
+        for _ in range(100):
+            if len(seen) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert seen[:2] == [False, True], "rejected to its queue, then delivered again"
+        assert not connection.is_closed
+    finally:
+        await connection.close()
+
+
+# a loopback server --------------------------------------------------------------
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Any:
+    head = await reader.readexactly(7)
+    rest = await reader.readexactly(int.from_bytes(head[3:7], "big") + 1)
+    return amqp_frame.unmarshal(head + rest)[2]
+
+
+async def serve(heartbeat: int, script: Script) -> tuple[asyncio.AbstractServer, str]:
+    """A server on a free loopback port: it logs the client in, then runs ``script``."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            assert await reader.readexactly(8) == amqp_wire.PROTOCOL_HEADER
+            writer.write(amqp_frame.marshal(spec.Connection.Start(mechanisms="PLAIN", locales="en_US"), 0))
+            assert isinstance(await read_frame(reader), spec.Connection.StartOk)
+            writer.write(amqp_frame.marshal(spec.Connection.Tune(2047, 131072, heartbeat), 0))
+            assert isinstance(await read_frame(reader), spec.Connection.TuneOk)
+            assert isinstance(await read_frame(reader), spec.Connection.Open)
+            writer.write(amqp_frame.marshal(spec.Connection.OpenOk(), 0))
+            await script(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"amqp://guest:guest@127.0.0.1:{port}/?heartbeat={heartbeat}"
+
+
+async def test_a_server_gone_silent_is_dropped_after_two_heartbeats() -> None:
+    heard: list[Any] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            heard.append(await read_frame(reader))
+
+    server, url = await serve(1, silent)
+    try:
+        connection = await connected(url)
+        reason = await asyncio.wait_for(connection.lost, 10)
+        assert "heartbeats missed" in str(reason)
+        assert heard and all(frame.name == "Heartbeat" for frame in heard), "it sent its own heartbeats"
+    finally:
+        server.close()
+
+
+async def test_garbage_from_the_server_closes_the_connection_not_the_process() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert isinstance(await read_frame(reader), spec.Channel.Open)
+        writer.write(amqp_frame.marshal(spec.Channel.OpenOk(), 1))
+        writer.write(b"\x01\x00\x01\x00\x00\x00\x04\x00\x3c\x00\x3c\x00")  # a frame that does not end with 0xCE
+        await reader.read()
+
+    server, url = await serve(0, garbage)
+    try:
+        connection = await connected(url)
+        channel = await connection.channel()
+        reason = await asyncio.wait_for(connection.lost, 10)
+        assert isinstance(reason, errors.ConnectionFrameError)
+        assert channel.is_closed
+    finally:
+        server.close()
+
+
+async def test_a_get_given_up_on_sends_its_message_back() -> None:
+    settled: list[Any] = []
+
+    async def slow_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert isinstance(await read_frame(reader), spec.Channel.Open)
+        writer.write(amqp_frame.marshal(spec.Channel.OpenOk(), 1))
+        assert isinstance(await read_frame(reader), spec.Basic.Get)
+        await asyncio.sleep(0.3)
+        writer.write(amqp_frame.marshal(spec.Basic.GetOk(7, False, "", "q", 0), 1))
+        writer.write(amqp_frame.marshal(amqp_wire.ContentHeader(body_size=1, properties=spec.Basic.Properties()), 1))
+        writer.write(b"\x03\x00\x01\x00\x00\x00\x01x\xce")
+        settled.append(await read_frame(reader))
+
+    server, url = await serve(0, slow_get)
+    try:
+        connection = await connected(url)
+        channel = await connection.channel()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(channel.basic_get("q"), 0.05)
+        for _ in range(100):
+            if settled:
+                break
+            await asyncio.sleep(0.02)
+        assert [(f.name, f.delivery_tag, f.requeue) for f in settled] == [("Basic.Reject", 7, True)]
+        await connection.close()
+    finally:
+        server.close()
