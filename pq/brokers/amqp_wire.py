@@ -108,9 +108,9 @@ class Channel:
         """Send ``frame`` and wait for its reply (one of ``replies``)."""
         if self.closing is not None:
             raise errors.ChannelInvalidStateError(f"{self!r}: {self.closing}")
+        self.connection.send(self.number, frame)  # queued: no reply can come before the append
         future = asyncio.get_running_loop().create_future()
         self.replies.append((replies, future))
-        self.connection.send(self.number, frame)
         return await future
 
     async def queue_declare(self, queue: str = "", passive: bool = False, durable: bool = False,

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aio_pika
@@ -186,7 +190,7 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
     return amqp_frame.unmarshal(head + rest)[2]
 
 
-async def serve(heartbeat: int, script: Script) -> tuple[asyncio.AbstractServer, str]:
+async def serve(heartbeat: int, script: Script, tls: ssl.SSLContext | None = None) -> tuple[asyncio.AbstractServer, str]:
     """A server on a free loopback port: it logs the client in, then runs ``script``."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -203,9 +207,38 @@ async def serve(heartbeat: int, script: Script) -> tuple[asyncio.AbstractServer,
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
-    return server, f"amqp://guest:guest@127.0.0.1:{port}/?heartbeat={heartbeat}"
+    return server, f"amqp{'s' if tls else ''}://guest:guest@127.0.0.1:{port}/?heartbeat={heartbeat}"
+
+
+async def test_amqps_checks_the_server_s_certificate(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    opened: list[str] = []
+
+    async def open_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frame = await read_frame(reader)
+        opened.append(frame.name)
+        writer.write(amqp_frame.marshal(spec.Channel.OpenOk(), 1))
+        await reader.read()
+
+    server, url = await serve(0, open_one, tls)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await connected(url)
+        connection = await connected(f"{url}&cafile={cert}")
+        await connection.channel()
+        assert opened == ["Channel.Open"]
+        await connection.close()
+    finally:
+        server.close()
 
 
 async def test_a_server_gone_silent_is_dropped_after_two_heartbeats() -> None:
