@@ -238,9 +238,11 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
         deadline = loop.time() + max(timeout, 0.0)
         while True:
             try:
-                async with asyncio.timeout(max(deadline - loop.time(), 0.0) + CHANNEL_WAIT):
-                    state = await self._consumer(consumer)
-                    await state.live()
+                state = self.consumers.get(consumer)
+                if state is None or state.underlay is None or state.underlay.is_closed:
+                    async with asyncio.timeout(max(deadline - loop.time(), 0.0) + CHANNEL_WAIT):
+                        state = await self._consumer(consumer)
+                        await state.live()
                 await state.prepare(queues)
                 out = await state.collect(queues, count)
                 if out or loop.time() >= deadline:
