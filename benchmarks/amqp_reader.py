@@ -1,15 +1,14 @@
-"""How much of a RabbitMQ consumer's CPU is aio-pika's: the same deliveries, two readers.
+"""How much of a RabbitMQ consumer's CPU is its client's: the same deliveries, three readers.
 
     .venv/bin/python benchmarks/amqp_reader.py [--messages 30000] [--rounds 2]
 
 Fills a queue of its own on ``BENCH_AMQP_URL`` with pq-sized messages, then
 consumes them (prefetch 20, a ``basic.ack multiple`` every 5) with aio-pika,
-and with a bare reader: an ``asyncio.Protocol`` that parses frames with pamqp
-straight from its receive buffer, without a task or a queue per frame.  It
-prints messages/s and µs of this process's CPU per delivery for each: the
-measure of what a consuming channel of pq's own would save (issue 6's
-drain).  The bare reader is an experiment, not a client: no TLS, heartbeats,
-reconnects or errors.
+with pq's own consuming connection (``pq.brokers.amqp_wire``), and with a
+bare reader: an ``asyncio.Protocol`` that parses frames with pamqp straight
+from its receive buffer, without a task or a queue per frame.  It prints
+messages/s and µs of this process's CPU per delivery for each.  The bare
+reader is the floor, not a client: no TLS, heartbeats, reconnects or errors.
 """
 from __future__ import annotations
 
@@ -132,9 +131,10 @@ async def pika(queue: str, count: int) -> tuple[float, float]:
         async def on_message(message: Any) -> None:
             nonlocal got
             got += 1
-            if got % ACK_EVERY == 0 or got == count:
+            seen = got  # later messages may count on while this one's ack is awaited
+            if seen % ACK_EVERY == 0 or seen == count:
                 await message.ack(multiple=True)
-            if got == count:
+            if seen == count:
                 done.set_result(None)
 
         cpu, wall = time.process_time(), time.perf_counter()
@@ -145,9 +145,36 @@ async def pika(queue: str, count: int) -> tuple[float, float]:
         await connection.close()
 
 
+async def wire(queue: str, count: int) -> tuple[float, float]:
+    from pq.brokers import amqp_wire
+
+    connection = await amqp_wire.connect(URL, "pq-bench-reader")
+    try:
+        channel = await connection.channel()
+        await channel.basic_qos(prefetch_count=PREFETCH)
+        done = asyncio.get_running_loop().create_future()
+        got = 0
+
+        def on_message(message: amqp_wire.Message) -> None:
+            nonlocal got
+            got += 1
+            _ = message.properties.message_id, message.properties.headers  # what pq reads of a delivery
+            if got % ACK_EVERY == 0 or got == count:
+                channel.settle(80, message.delivery_tag, True)
+            if got == count:
+                done.set_result(None)
+
+        cpu, wall = time.process_time(), time.perf_counter()
+        await channel.basic_consume(queue, on_message, consumer_tag="wire")
+        await done
+        return count / (time.perf_counter() - wall), (time.process_time() - cpu) / count * 1e6
+    finally:
+        await connection.close()
+
+
 async def main(count: int, rounds: int) -> None:
     for _ in range(rounds):
-        for name, consume in (("aio-pika", pika), ("bare reader", bare)):
+        for name, consume in (("aio-pika", pika), ("amqp_wire", wire), ("bare reader", bare)):
             queue = f"pq-bench-reader-{uuid.uuid4().hex[:8]}"
             await fill(queue, count)
             try:
