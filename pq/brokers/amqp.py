@@ -239,7 +239,7 @@ class AmqpBroker(AmqpPublishing, MessageBroker):
         while True:
             try:
                 state = self.consumers.get(consumer)
-                if state is None or state.underlay is None or state.underlay.is_closed:
+                if state is None or not state.is_live:
                     async with asyncio.timeout(max(deadline - loop.time(), 0.0) + CHANNEL_WAIT):
                         state = await self._consumer(consumer)
                         await state.live()

@@ -129,12 +129,16 @@ class Consumer:
         self.connecting = asyncio.Lock()
         self.later: set[asyncio.Task] = set()
 
+    @property
+    def is_live(self) -> bool:
+        """Whether its channel is open: nothing to wait for before using it."""
+        return self.underlay is not None and not self.underlay.is_closed
+
     async def live(self) -> amqp_wire.Channel:
         """The consumer's channel, opened again (on a new connection if need be) when it is gone."""
         async with self.connecting:
-            channel = self.underlay
-            if channel is not None and not channel.is_closed:
-                return channel
+            if self.is_live:
+                return self.underlay  # type: ignore[return-value]
             if self.connection is None or self.connection.is_closed:
                 await self.broker.connect()
                 await asyncio.sleep(self.retry_at - time.monotonic())
@@ -369,18 +373,23 @@ class Consumer:
         finally:
             await underlay.basic_cancel(tag)
 
-    def count(self, message: amqp_wire.Message, queue: str) -> int | None:
-        """The delivery count of a message to run now, without I/O; None when ``accept`` has more to do."""
+    def assess(self, message: amqp_wire.Message, queue: str) -> tuple[int, bool, float]:
+        """``(delivery count so far, whether a redelivery must be counted by sending it round,
+        eta or 0)``: what its headers say, without I/O."""
         headers = message.properties.headers or {}
         deliveries = header_int(headers, HDR_DELIVERIES, 1)
         topology = self.broker.topology
+        recount = False
         if topology.options.queue_type == "quorum":
             deliveries += header_int(headers, "x-delivery-count")
-        elif message.redelivered and not topology.is_broadcast(queue):
-            return None
-        if HDR_ETA in headers and header_int(headers, HDR_ETA) / 1000 > time.time():
-            return None
-        return deliveries
+        else:
+            recount = message.redelivered and not topology.is_broadcast(queue)
+        return deliveries, recount, header_int(headers, HDR_ETA) / 1000 if HDR_ETA in headers else 0.0
+
+    def count(self, message: amqp_wire.Message, queue: str) -> int | None:
+        """The delivery count of a message to run now; None when ``accept`` has more to do."""
+        deliveries, recount, eta = self.assess(message, queue)
+        return None if recount or (eta and eta > time.time()) else deliveries
 
     async def accept(self, message: amqp_wire.Message, queue: str, underlay: amqp_wire.Channel) -> int | None:
         """Count a delivery, or send it round again: its delivery count, None if it is not to be run now.
@@ -389,20 +398,13 @@ class Consumer:
         count incremented (RabbitMQ only flags redeliveries); a delayed one
         that came out early is sent round again, or held when almost due.
         """
-        deliveries = self.count(message, queue)
-        if deliveries is not None:
-            return deliveries
-        headers = message.properties.headers or {}
-        deliveries = header_int(headers, HDR_DELIVERIES, 1)
+        deliveries, recount, eta = self.assess(message, queue)
         broker = self.broker
         source = self.sources.get(queue, "")
-        if broker.topology.options.queue_type == "quorum":
-            deliveries += header_int(headers, "x-delivery-count")
-        elif message.redelivered and not broker.topology.is_broadcast(queue):
+        if recount:
             if await self.send_round(message, queue, ("", source), {HDR_DELIVERIES: deliveries + 1}):
                 return None
             deliveries += 1
-        eta = header_int(headers, HDR_ETA) / 1000
         remaining = eta - time.time() if eta else 0.0
         if remaining > broker.topology.options.delay_hold:
             if await self.send_round(message, queue, ("", source), {}, eta=eta):
