@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+from typing import Any, Callable
 
 import aio_pika
 import pytest
@@ -33,6 +34,14 @@ def close_connections(name: str) -> int:
             rabbitmqctl("close_connection", pid, "pq test")
             closed += 1
     return closed
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 2.0) -> None:
+    """Wait until ``predicate()`` holds, at most ``timeout`` seconds (the assertion that follows says what failed)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate() and loop.time() < end:
+        await asyncio.sleep(0.01)
 
 
 async def drain(

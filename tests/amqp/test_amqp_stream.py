@@ -8,7 +8,7 @@ from typing import Any
 from pq.brokers import Envelope, QueueSize
 from pq.brokers.amqp_acks import Acks
 
-from amqp_helpers import close_connections
+from amqp_helpers import close_connections, eventually
 
 
 class Recorder:
@@ -89,10 +89,7 @@ async def test_earlier_queues_still_come_first_while_a_later_one_streams(broker,
         got = got[1:] + await broker.fetch(["high", "low"], 1, 1.0, 30.0, "c")
     assert [d.id for d in got] == ["l3", "l4", "l5", "l6"] and asked == []
     await broker.enqueue([Envelope("h0", "high", b"x")])
-    for _ in range(100):
-        if consumer.buffers.get("high"):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: consumer.buffers.get("high"))
     await broker.ack(got[:2])
     again = await broker.fetch(["high", "low"], 2, 1.0, 30.0, "c")
     assert [d.id for d in again] == ["h0", "l7"]

@@ -17,7 +17,7 @@ from pamqp import frame as amqp_frame
 
 from pq.brokers import amqp_wire
 
-from amqp_helpers import close_connections
+from amqp_helpers import close_connections, eventually
 
 
 @pytest.fixture
@@ -45,90 +45,80 @@ async def connected(url: str) -> amqp_wire.Connection:
     return await amqp_wire.connect(url, f"pqtest-wire-{uuid.uuid4().hex[:8]}")
 
 
-async def test_get_consume_ack_and_reject_on_rabbitmq(amqp_url: str, queue: str) -> None:
+@pytest.fixture
+async def wire(amqp_url: str) -> AsyncIterator[amqp_wire.Connection]:
+    """A connection to the shared RabbitMQ, closed after the test."""
     connection = await connected(amqp_url)
-    try:
-        channel = await connection.channel()
-        await channel.queue_declare(queue)
-        assert (await channel.basic_get(queue)).delivery_tag is None, "an empty queue"
-        await publish(amqp_url, queue, *(aio_pika.Message(f"b{i}".encode(), message_id=f"m{i}",
-                                                          headers={"x-pq-deliveries": i}) for i in range(3)))
-        got = await channel.basic_get(queue)
-        assert (got.body, got.properties.message_id, got.properties.headers, got.message_count) == \
-            (b"b0", "m0", {"x-pq-deliveries": 0}, 2)
-        await channel.basic_reject(got.delivery_tag, requeue=True)
-        pushed: list[amqp_wire.Message] = []
-        arrived = asyncio.Event()
-
-        def on_message(message: amqp_wire.Message) -> None:
-            pushed.append(message)
-            if len(pushed) == 3:
-                arrived.set()
-
-        await channel.basic_qos(prefetch_count=3)
-        await channel.basic_consume(queue, on_message, consumer_tag="t")
-        await asyncio.wait_for(arrived.wait(), 5)
-        assert sorted((m.body, m.redelivered) for m in pushed) == [(b"b0", True), (b"b1", False), (b"b2", False)]
-        await channel.basic_cancel("t")
-        await channel.basic_ack(max(m.delivery_tag for m in pushed), multiple=True)
-        assert (await channel.queue_declare(queue, passive=True)).message_count == 0
-    finally:
-        await connection.close()
-    assert connection.is_closed
+    yield connection
+    await connection.close()
 
 
-async def test_a_body_larger_than_a_frame_arrives_whole(amqp_url: str, queue: str) -> None:
+async def test_get_consume_ack_and_reject_on_rabbitmq(amqp_url: str, queue: str, wire: amqp_wire.Connection) -> None:
+    channel = await wire.channel()
+    await channel.queue_declare(queue)
+    assert (await channel.basic_get(queue)).delivery_tag is None, "an empty queue"
+    await publish(amqp_url, queue, *(aio_pika.Message(f"b{i}".encode(), message_id=f"m{i}",
+                                                      headers={"x-pq-deliveries": i}) for i in range(3)))
+    got = await channel.basic_get(queue)
+    assert (got.body, got.properties.message_id, got.properties.headers, got.message_count) == \
+        (b"b0", "m0", {"x-pq-deliveries": 0}, 2)
+    await channel.basic_reject(got.delivery_tag, requeue=True)
+    pushed: list[amqp_wire.Message] = []
+    arrived = asyncio.Event()
+
+    def on_message(message: amqp_wire.Message) -> None:
+        pushed.append(message)
+        if len(pushed) == 3:
+            arrived.set()
+
+    await channel.basic_qos(prefetch_count=3)
+    await channel.basic_consume(queue, on_message, consumer_tag="t")
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert sorted((m.body, m.redelivered) for m in pushed) == [(b"b0", True), (b"b1", False), (b"b2", False)]
+    await channel.basic_cancel("t")
+    await channel.basic_ack(max(m.delivery_tag for m in pushed), multiple=True)
+    assert (await channel.queue_declare(queue, passive=True)).message_count == 0
+    await wire.close()
+    assert wire.is_closed
+
+
+async def test_a_body_larger_than_a_frame_arrives_whole(amqp_url: str, queue: str, wire: amqp_wire.Connection) -> None:
     body = bytes(range(256)) * 2000
-    connection = await connected(amqp_url)
-    try:
-        channel = await connection.channel()
-        await channel.queue_declare(queue)
-        await publish(amqp_url, queue, aio_pika.Message(body), aio_pika.Message(b""))
-        assert (await channel.basic_get(queue)).body == body
-        empty = await channel.basic_get(queue)
-        assert (empty.delivery_tag is not None, empty.body) == (True, b"")
-    finally:
-        await connection.close()
+    channel = await wire.channel()
+    await channel.queue_declare(queue)
+    await publish(amqp_url, queue, aio_pika.Message(body), aio_pika.Message(b""))
+    assert (await channel.basic_get(queue)).body == body
+    empty = await channel.basic_get(queue)
+    assert (empty.delivery_tag is not None, empty.body) == (True, b"")
 
 
-async def test_a_refused_request_closes_its_channel_only(amqp_url: str, queue: str) -> None:
-    connection = await connected(amqp_url)
-    try:
-        channel = await connection.channel()
-        closed: list[BaseException] = []
-        channel.close_callbacks.add(closed.append)
-        with pytest.raises(errors.ChannelNotFoundEntity):
-            await channel.queue_declare(queue, passive=True)
-        assert channel.is_closed and isinstance(closed[0], errors.ChannelNotFoundEntity)
-        with pytest.raises(errors.ChannelInvalidStateError):
-            await channel.basic_qos(prefetch_count=1)
-        again = await connection.channel()
-        await again.queue_declare(queue)
-        with pytest.raises(errors.ChannelPreconditionFailed):
-            await again.queue_declare(queue, durable=True)
-        assert not connection.is_closed
-    finally:
-        await connection.close()
+async def test_a_refused_request_closes_its_channel_only(amqp_url: str, queue: str, wire: amqp_wire.Connection) -> None:
+    channel = await wire.channel()
+    closed: list[BaseException] = []
+    channel.close_callbacks.add(closed.append)
+    with pytest.raises(errors.ChannelNotFoundEntity):
+        await channel.queue_declare(queue, passive=True)
+    assert channel.is_closed and isinstance(closed[0], errors.ChannelNotFoundEntity)
+    with pytest.raises(errors.ChannelInvalidStateError):
+        await channel.basic_qos(prefetch_count=1)
+    again = await wire.channel()
+    await again.queue_declare(queue)
+    with pytest.raises(errors.ChannelPreconditionFailed):
+        await again.queue_declare(queue, durable=True)
+    assert not wire.is_closed
 
 
-async def test_the_server_cancelling_a_consumer_is_told(amqp_url: str, queue: str) -> None:
-    connection = await connected(amqp_url)
-    try:
-        channel = await connection.channel()
-        cancelled: list[str] = []
-        channel.on_consumer_cancel_callbacks.add(lambda frame: cancelled.append(frame.consumer_tag))
-        await channel.queue_declare(queue)
-        await channel.basic_consume(queue, lambda message: None, consumer_tag="gone")
-        other = await connection.channel()
-        await other.request(spec.Queue.Delete(queue=queue), spec.Queue.DeleteOk)
-        for _ in range(100):
-            if cancelled:
-                break
-            await asyncio.sleep(0.02)
-        assert cancelled == ["gone"] and "gone" not in channel.consumers
-        assert not channel.is_closed
-    finally:
-        await connection.close()
+async def test_the_server_cancelling_a_consumer_is_told(amqp_url: str, queue: str, wire: amqp_wire.Connection) -> None:
+    channel = await wire.channel()
+    cancelled: list[str] = []
+    channel.on_consumer_cancel_callbacks.add(lambda frame: cancelled.append(frame.consumer_tag))
+    await channel.queue_declare(queue)
+    await channel.basic_consume(queue, lambda message: None, consumer_tag="gone")
+    other = await wire.channel()
+    await other.request(spec.Queue.Delete(queue=queue), spec.Queue.DeleteOk)
+    await eventually(lambda: cancelled)
+    assert cancelled == ["gone"] and "gone" not in channel.consumers
+    assert not channel.is_closed
 
 
 async def test_an_operator_closing_the_connection_fails_what_waits(amqp_url: str, queue: str) -> None:
@@ -156,28 +146,21 @@ async def test_a_wrong_password_is_refused_with_the_server_s_reason(amqp_url: st
         await connected(amqp_url.rstrip("/") + "/pqtest-no-such-vhost")
 
 
-async def test_a_callback_that_raises_sends_its_message_back(amqp_url: str, queue: str) -> None:
-    connection = await connected(amqp_url)
-    try:
-        channel = await connection.channel()
-        await channel.queue_declare(queue)
-        await publish(amqp_url, queue, aio_pika.Message(b"x"))
-        seen: list[bool] = []
+async def test_a_callback_that_raises_sends_its_message_back(amqp_url: str, queue: str, wire: amqp_wire.Connection) -> None:
+    channel = await wire.channel()
+    await channel.queue_declare(queue)
+    await publish(amqp_url, queue, aio_pika.Message(b"x"))
+    seen: list[bool] = []
 
-        def on_message(message: amqp_wire.Message) -> None:
-            seen.append(message.redelivered)
-            if len(seen) == 1:
-                raise RuntimeError("a bug in the consumer")
+    def on_message(message: amqp_wire.Message) -> None:
+        seen.append(message.redelivered)
+        if len(seen) == 1:
+            raise RuntimeError("a bug in the consumer")
 
-        await channel.basic_consume(queue, on_message, consumer_tag="t")
-        for _ in range(100):
-            if len(seen) >= 2:
-                break
-            await asyncio.sleep(0.02)
-        assert seen[:2] == [False, True], "rejected to its queue, then delivered again"
-        assert not connection.is_closed
-    finally:
-        await connection.close()
+    await channel.basic_consume(queue, on_message, consumer_tag="t")
+    await eventually(lambda: len(seen) >= 2)
+    assert seen[:2] == [False, True], "rejected to its queue, then delivered again"
+    assert not wire.is_closed
 
 
 # a loopback server --------------------------------------------------------------
@@ -295,10 +278,7 @@ async def test_a_get_given_up_on_sends_its_message_back() -> None:
         channel = await connection.channel()
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(channel.basic_get("q"), 0.05)
-        for _ in range(100):
-            if settled:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: settled)
         assert [(f.name, f.delivery_tag, f.requeue) for f in settled] == [("Basic.Reject", 7, True)]
         await connection.close()
     finally:
