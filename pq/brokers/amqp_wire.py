@@ -30,8 +30,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from aiormq import exceptions as errors
 from pamqp import commands as spec
+from pamqp import decode
 from pamqp import frame as amqp_frame
-from pamqp.header import ContentHeader
 
 log = logging.getLogger("pq.brokers.amqp")
 
@@ -41,6 +41,8 @@ HEARTBEAT_FRAME = bytes((FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END))
 DELIVER = b"\x00\x3c\x00\x3c"
 """Basic.Deliver's class and method ids, as they open its frame's payload."""
 _FRAME = struct.Struct(">BHI")
+_HEADER = struct.Struct(">HHQH")
+"""A content header's class id, weight, body size and property flags."""
 _SETTLE = struct.Struct(">BHIHHQBB")
 """Basic.Ack and Basic.Reject: a frame header, class and method, a delivery tag, one bit, the frame end."""
 HEARTBEAT = 60
@@ -71,6 +73,53 @@ class Message:
         self.properties: Any = None
         self.body = b""
         self.message_count = message_count
+
+
+class Properties:
+    """A message's basic properties, pamqp's names, decoded by hand: RabbitMQ sends them with every
+    delivery, and pamqp's general decoder cost a consumer more than the rest of the frame.  Those
+    the message does not have are None."""
+
+    FIELDS = (
+        "content_type", "content_encoding", "headers", "delivery_mode", "priority", "correlation_id",
+        "reply_to", "expiration", "message_id", "timestamp", "message_type", "user_id", "app_id", "cluster_id",
+    )
+    content_type = content_encoding = headers = delivery_mode = priority = correlation_id = None
+    reply_to = expiration = message_id = timestamp = message_type = user_id = app_id = cluster_id = None
+
+
+_OCTETS = frozenset(("delivery_mode", "priority"))
+_DECODERS: dict[str, Callable[[bytes], tuple[int, Any]]] = {
+    "headers": decode.field_table, "timestamp": decode.timestamp,
+}
+_FLAGS = tuple((1 << (15 - bit), name) for bit, name in enumerate(Properties.FIELDS))
+
+
+def content_header(payload: bytes) -> tuple[int, Properties]:
+    """The body size and properties of a content header frame's payload."""
+    _, _, body_size, flags = _HEADER.unpack_from(payload)
+    if flags & 1:
+        raise errors.ConnectionFrameError("content header with more property flags than basic has")
+    properties, pos = Properties(), 14
+    for flag, name in _FLAGS:
+        if not flags & flag:
+            continue
+        if name in _OCTETS:
+            value, pos = payload[pos], pos + 1
+        elif name in _DECODERS:
+            used, value = _DECODERS[name](payload[pos:])
+            pos += used
+        else:
+            end = pos + 1 + payload[pos]
+            value, pos = payload[pos + 1:end], end
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:  # kept as bytes, as pamqp does
+                pass
+        setattr(properties, name, value)
+    if pos > len(payload):
+        raise errors.ConnectionFrameError(f"content header of {len(payload)} bytes is cut short")
+    return body_size, properties
 
 
 def channel_error(frame: spec.Channel.Close) -> errors.ChannelClosed:
@@ -241,13 +290,10 @@ class Channel:
         self.message, self.receiver = message, receiver
 
     def on_header(self, payload: bytes) -> None:
-        header = ContentHeader()
-        header.unmarshal(payload)
         message = self.message
         if message is None:
             raise errors.ConnectionUnexpectedFrame(f"{self!r}: content header without a message")
-        message.properties = header.properties
-        self.remaining = header.body_size
+        self.remaining, message.properties = content_header(payload)
         if not self.remaining:
             self.complete(message)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import shutil
 import ssl
 import subprocess
@@ -12,8 +13,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aio_pika
 import pytest
 from aiormq import exceptions as errors
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pamqp import commands as spec
 from pamqp import frame as amqp_frame
+from pamqp.header import ContentHeader
 
 from pq.brokers import amqp_wire
 
@@ -268,7 +272,7 @@ async def test_a_get_given_up_on_sends_its_message_back() -> None:
         assert isinstance(await read_frame(reader), spec.Basic.Get)
         await asyncio.sleep(0.3)
         writer.write(amqp_frame.marshal(spec.Basic.GetOk(7, False, "", "q", 0), 1))
-        writer.write(amqp_frame.marshal(amqp_wire.ContentHeader(body_size=1, properties=spec.Basic.Properties()), 1))
+        writer.write(amqp_frame.marshal(ContentHeader(body_size=1, properties=spec.Basic.Properties()), 1))
         writer.write(b"\x03\x00\x01\x00\x00\x00\x01x\xce")
         settled.append(await read_frame(reader))
 
@@ -283,3 +287,34 @@ async def test_a_get_given_up_on_sends_its_message_back() -> None:
         await connection.close()
     finally:
         server.close()
+
+
+_short = st.text(min_size=1, max_size=40)  # pamqp leaves empty ones out
+_properties = st.fixed_dictionaries({}, optional={
+    **{name: _short for name in ("content_type", "content_encoding", "correlation_id", "reply_to", "expiration",
+                                 "message_id", "message_type", "user_id", "app_id")},  # cluster_id: pamqp refuses any
+    "headers": st.dictionaries(st.text(min_size=1, max_size=20),
+                               st.one_of(st.integers(-2**31, 2**31 - 1), _short, st.booleans()), max_size=4),
+    "delivery_mode": st.integers(1, 2),
+    "priority": st.integers(1, 9),
+    "timestamp": st.datetimes(datetime.datetime(1971, 1, 1), datetime.datetime(2100, 1, 1),
+                              timezones=st.just(datetime.timezone.utc)).map(lambda t: t.replace(microsecond=0)),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(_properties, st.integers(0, 2**40))
+def test_content_headers_decode_as_pamqp_decodes_them(fields: dict[str, Any], body_size: int) -> None:
+    payload = ContentHeader(body_size=body_size, properties=spec.Basic.Properties(**fields)).marshal()
+    expected = ContentHeader()
+    expected.unmarshal(payload)
+    size, properties = amqp_wire.content_header(payload)
+    assert size == expected.body_size == body_size
+    assert {name: getattr(properties, name) for name in amqp_wire.Properties.FIELDS} == \
+        {name: getattr(expected.properties, name) if name in fields else None for name in amqp_wire.Properties.FIELDS}
+
+
+def test_a_content_header_cut_short_is_refused() -> None:
+    payload = ContentHeader(body_size=1, properties=spec.Basic.Properties(message_id="m1", app_id="pq")).marshal()
+    with pytest.raises(errors.ConnectionFrameError, match="cut short"):
+        amqp_wire.content_header(payload[:-2])
