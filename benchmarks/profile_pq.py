@@ -9,7 +9,8 @@ with RabbitMQ as the broker and that Redis as the data store), queues
 - Redis ``INFO commandstats`` before and after: commands (and round trips
   of scripts) per task, split into the drain and, separately, one enqueue;
 - CPU seconds of every process of the server (arbiter, consumers,
-  scheduler, monitor) and of redis-server, per 1,000 tasks;
+  scheduler, monitor), of redis-server and, with ``--store amqp``, of
+  RabbitMQ (``beam.smp``: run nothing else on it meanwhile), per task;
 - with ``--py-spy`` (installed in benchmarks/.venv-peers), a sampling
   profile of one consumer: the functions with the most samples, own and
   inclusive.
@@ -137,6 +138,8 @@ def main() -> None:
         wait_for(lambda: len(arbiter.children()) >= 4, 20, what="the actors")
         time.sleep(0.3)
         everyone = [arbiter, *arbiter.children(), psutil.Process(redis.procs.popens[0].pid)]
+        if args.store == "amqp":  # the shared RabbitMQ: its CPU during the drain is pq's
+            everyone += [p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"]
         consumers = [p for p in arbiter.children() if "consumer" in p.name()]
         spy = None
         raw = Path(f"/tmp/pq-pyspy-{token}.txt")
@@ -169,7 +172,7 @@ def main() -> None:
           " included; evalsha, publish, set, get/mget, incrby and blpop are round trips)\n")
     print(f"Redis commands of 1000 single `await api.tasks.queue({job!r}, callback=False)`, per task:\n")
     print(table(["command", "calls", "per task"], per(enq, 1000)) if enq else "(none)")
-    print("\nCPU seconds during the drain (per 1,000 tasks):\n")
+    print("\nCPU seconds during the drain:\n")
     rows = [[name, cpu_after[name] - cpu_before.get(name, 0.0),
              1000 * (cpu_after[name] - cpu_before.get(name, 0.0)) / counted] for name in cpu_after]
     print(table(["process", "cpu s", "cpu ms per task"], sorted(rows, key=lambda r: -r[1])))
