@@ -8,13 +8,13 @@ of ``count``, its free slots, which are then all its slots.  Every delivery
 it holds comes from the stream and stays unacked until the task ran, so
 RabbitMQ pushes exactly as many as slots free up, and a fetch takes what was
 pushed without a round trip (waiting for the rest of its count while pushes
-keep coming less than ``STREAM_GATHER`` apart).  The earlier queues, found empty, are watched
-meanwhile by consumers with a prefetch of 1, not asked on every fetch; a
-message arriving there ends the stream, so queue order holds.  The stream
-also ends when nothing arrives for ``STREAM_IDLE``
-while a fetch waits (the queue ran dry, or the caller wants more than its
-prefetch), and when a fetch asks for fewer than the prefetch less what the
-consumer holds (``max_requests`` nearly reached: it stops before the end).
+keep coming less than ``STREAM_GATHER`` apart).  The earlier queues, found
+empty, are watched meanwhile by consumers with a prefetch of 1, not asked on
+every fetch; a message arriving there ends the stream, so queue order holds.
+The stream also ends when nothing arrives for ``STREAM_IDLE`` while a fetch
+waits (the queue ran dry, or the caller wants more than its prefetch), and
+when a fetch asks for fewer than the prefetch less what the consumer holds
+(``max_requests`` nearly reached: it stops before the end).
 Otherwise a fetch pulls: ``basic.get``, and when its ``message_count`` shows
 more are ready, a short burst (``basic.consume`` with a prefetch of what is
 still wanted, then cancel).  Only when every queue is empty does it
