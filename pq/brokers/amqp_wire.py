@@ -40,6 +40,8 @@ FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT, FRAME_END = 1, 2, 3, 8,
 HEARTBEAT_FRAME = bytes((FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END))
 DELIVER = b"\x00\x3c\x00\x3c"
 """Basic.Deliver's class and method ids, as they open its frame's payload."""
+CLOSE, CLOSE_OK = b"\x00\x14\x00\x28", b"\x00\x14\x00\x29"
+"""Channel.Close's and Channel.CloseOk's."""
 _FRAME = struct.Struct(">BHI")
 _HEADER = struct.Struct(">HHQH")
 """A content header's class id, weight, body size and property flags."""
@@ -220,24 +222,31 @@ class Channel:
         self.connection.write(_SETTLE.pack(FRAME_METHOD, self.number, 13, 60, method, delivery_tag, bit, FRAME_END))
 
     async def close(self) -> None:
-        """Close the channel: the server requeues what it held unacked."""
+        """Close the channel: the server requeues what it held unacked.  When its CloseOk is
+        late, the channel's number stays taken until it comes: the server refuses (by closing
+        the connection) a channel opened on a number it is still closing."""
         if self.closing is not None:
             return
         try:
             async with asyncio.timeout(CLOSE_WAIT):
                 await self.request(spec.Channel.Close(reply_code=200, reply_text="closed by pq", class_id=0, method_id=0),
                                    spec.Channel.CloseOk)
-        except (TimeoutError, errors.AMQPError, ConnectionError):
+        except TimeoutError:
+            self.closed(errors.ChannelInvalidStateError(f"{self!r} closed"), release=False)
+            return
+        except (errors.AMQPError, ConnectionError):
             pass
         self.closed(errors.ChannelInvalidStateError(f"{self!r} closed"))
 
     # what the server sends -------------------------------------------------
-    def closed(self, reason: BaseException) -> None:
-        """The channel is gone: fail its waiting requests and tell whoever asked."""
+    def closed(self, reason: BaseException, release: bool = True) -> None:
+        """The channel is gone: fail its waiting requests and tell whoever asked.  Its number
+        is free again unless ``release`` is False (see ``close``)."""
         if self.closing is not None:
             return
         self.closing = reason
-        self.connection.channels.pop(self.number, None)
+        if release:
+            self.connection.channels.pop(self.number, None)
         while self.replies:
             _, future = self.replies.popleft()
             if not future.done():
@@ -399,8 +408,13 @@ class Connection(asyncio.Protocol):
                 if buffer[end] != FRAME_END:
                     raise errors.ConnectionFrameError(f"frame on channel {number} does not end with 0xCE")
                 channel = self.channels.get(number) if number else self.control
-                if channel is None:
+                if channel is None or channel.closing is not None:
                     log.debug("%r: a frame for channel %d, which is closed", self, number)
+                    if channel is not None and kind == FRAME_METHOD:  # a channel pq closed, its CloseOk late
+                        if buffer[pos + 7:pos + 11] == CLOSE_OK:
+                            del self.channels[number]  # the number is free again
+                        elif buffer[pos + 7:pos + 11] == CLOSE:  # closed by both ends at once
+                            self.send(number, spec.Channel.CloseOk())
                 elif kind == FRAME_BODY:
                     channel.on_body(bytes(buffer[pos + 7:end]))
                 elif kind == FRAME_METHOD:

@@ -318,3 +318,57 @@ def test_a_content_header_cut_short_is_refused() -> None:
     payload = ContentHeader(body_size=1, properties=spec.Basic.Properties(message_id="m1", app_id="pq")).marshal()
     with pytest.raises(errors.ConnectionFrameError, match="cut short"):
         amqp_wire.content_header(payload[:-2])
+
+
+async def test_a_channel_number_stays_taken_until_its_late_close_ok(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(amqp_wire, "CLOSE_WAIT", 0.05)
+    opened: list[int] = []
+    crossed: list[int] = []
+    late_close_ok = asyncio.Event()
+
+    async def slow_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def close_ok(number: int) -> None:  # sent only when the test says so
+            await late_close_ok.wait()
+            writer.write(amqp_frame.marshal(spec.Basic.Deliver("gone", 1, False, "", "q"), number))
+            writer.write(amqp_frame.marshal(spec.Channel.CloseOk(), number))
+
+        async def cross(number: int) -> None:  # after pq gave up waiting for the CloseOk
+            await asyncio.sleep(0.2)
+            writer.write(amqp_frame.marshal(spec.Channel.Close(406, "crossed", 0, 0), number))
+
+        closing: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+        while True:
+            head = await reader.readexactly(7)
+            frame = amqp_frame.unmarshal(head + await reader.readexactly(int.from_bytes(head[3:7], "big") + 1))
+            number, method = frame[1], frame[2]
+            if isinstance(method, spec.Channel.Open):
+                opened.append(number)
+                writer.write(amqp_frame.marshal(spec.Channel.OpenOk(), number))
+            elif isinstance(method, spec.Channel.Close) and number == 2:  # then closed by the server too
+                closing.add(asyncio.create_task(cross(number)))
+            elif isinstance(method, spec.Channel.Close):
+                closing.add(asyncio.create_task(close_ok(number)))
+            elif isinstance(method, spec.Channel.CloseOk):
+                crossed.append(number)
+                writer.write(amqp_frame.marshal(spec.Channel.CloseOk(), number))
+
+    server, url = await serve(0, slow_close)
+    try:
+        connection = await connected(url)
+        first = await connection.channel()
+        await first.close()
+        assert first.is_closed
+        second = await connection.channel()
+        assert (first.number, second.number) == (1, 2), "a number still closing on the server is not reused"
+        late_close_ok.set()
+        await eventually(lambda: 1 not in connection.channels)
+        third = await connection.channel()
+        assert third.number == 1 and opened == [1, 2, 1]
+        assert not connection.lost.done(), "the late frames of a closed channel are dropped, not an error"
+        await second.close()
+        await eventually(lambda: crossed == [2] and 2 not in connection.channels)
+        assert crossed == [2] and 2 not in connection.channels, "a Close crossing pq's is answered, then the number freed"
+        assert not connection.lost.done()
+        await connection.close()
+    finally:
+        server.close()
