@@ -171,10 +171,16 @@ async def test_a_callback_that_raises_sends_its_message_back(amqp_url: str, queu
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Any:
+async def read_channel_frame(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    """The next frame the client sent: its channel number and method."""
     head = await reader.readexactly(7)
     rest = await reader.readexactly(int.from_bytes(head[3:7], "big") + 1)
-    return amqp_frame.unmarshal(head + rest)[2]
+    _, number, method = amqp_frame.unmarshal(head + rest)
+    return number, method
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Any:
+    return (await read_channel_frame(reader))[1]
 
 
 async def serve(heartbeat: int, script: Script, tls: ssl.SSLContext | None = None) -> tuple[asyncio.AbstractServer, str]:
@@ -338,9 +344,7 @@ async def test_a_channel_number_stays_taken_until_its_late_close_ok(monkeypatch:
 
         closing: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         while True:
-            head = await reader.readexactly(7)
-            frame = amqp_frame.unmarshal(head + await reader.readexactly(int.from_bytes(head[3:7], "big") + 1))
-            number, method = frame[1], frame[2]
+            number, method = await read_channel_frame(reader)
             if isinstance(method, spec.Channel.Open):
                 opened.append(number)
                 writer.write(amqp_frame.marshal(spec.Channel.OpenOk(), number))
